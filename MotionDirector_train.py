@@ -1,0 +1,20 @@
+"""Train MotionDirector: `python MotionDirector_train.py --config configs/<name>.yaml [key=value ...]`."""
+
+import sys
+
+from utils.cli import run_cli
+
+
+def main(argv: list[str]) -> None:
+    from utils.config import load_config, parse_train_args, validate_config
+    from utils.trainer import run
+
+    config_path, overrides = parse_train_args(argv)
+    cfg = load_config(config_path, overrides)
+    validate_config(cfg)
+    run_dir = run(cfg)
+    print(f"run folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

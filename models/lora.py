@@ -1,0 +1,143 @@
+"""Dual-path LoRA (spatial + temporal) on a UNet3D through peft's functional API.
+
+Spatial path: self-attention (attn1) and feed-forward linears of every block inside every
+Transformer2DModel. Temporal path: attn1, attn2 and feed-forward linears inside every
+TransformerTemporalModel, `transformer_in` included. Each path is one or more named peft
+adapters ("temporal", "spatial" or "spatial_<i>" for one per training video).
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from peft import LoraConfig
+from peft.functional import inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+
+TEMPORAL = "temporal"
+SPATIAL = "spatial"
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    parent: type  # the block class whose linears get LoRA
+    name_keys: tuple  # a linear is targeted when its name inside the parent contains one of these
+
+
+PATHS = {
+    SPATIAL: PathSpec(Transformer2DModel, ("attn1", "ff")),
+    TEMPORAL: PathSpec(TransformerTemporalModel, ("attn1", "attn2", "ff")),
+}
+
+
+def path_of(adapter_name: str) -> str:
+    return TEMPORAL if adapter_name == TEMPORAL else SPATIAL
+
+
+def spatial_adapter_names(count: int) -> list[str]:
+    return [SPATIAL] if count == 1 else [f"{SPATIAL}_{i}" for i in range(count)]
+
+
+def lora_target_names(unet: torch.nn.Module, path: str) -> list[str]:
+    """Full names of the linears a path adapts, in UNet registration order.
+
+    This is the order of the original's saved lists (up_blocks come before mid_block in diffusers).
+    """
+    spec = PATHS[path]
+    names = []
+    for parent_name, parent in unet.named_modules():
+        if not isinstance(parent, spec.parent):
+            continue
+        for child_name, child in parent.named_modules():
+            if _is_base_linear(child_name, child) and any(k in child_name for k in spec.name_keys):
+                names.append(f"{parent_name}.{child_name}")
+    return names
+
+
+def _is_base_linear(name: str, module: torch.nn.Module) -> bool:
+    # After injection a target is a peft wrapper around `base_layer`; report the wrapper's name once.
+    if isinstance(module, LoraLayer):
+        return True
+    return isinstance(module, torch.nn.Linear) and "lora_" not in name and "base_layer" not in name
+
+
+def add_adapter(
+    unet: torch.nn.Module,
+    adapter_name: str,
+    rank: int | dict[str, int],
+    dropout: float = 0.0,
+) -> None:
+    """Inject one adapter on its path's targets.
+
+    `rank` is one int (capped per layer at min(in, out) like the original) or a per-layer dict.
+    lora_alpha equals the rank so the LoRA term is scale * up(down(x)), as in the original;
+    "gaussian" init is down ~ N(0, 1/r), up = 0.
+    """
+    targets = lora_target_names(unet, path_of(adapter_name))
+    ranks = rank if isinstance(rank, dict) else _capped_ranks(unet, targets, rank)
+    default_rank = max(set(ranks.values()), key=list(ranks.values()).count)
+    pattern = {f"^{name}$": r for name, r in ranks.items() if r != default_rank}
+    config = LoraConfig(
+        r=default_rank,
+        lora_alpha=default_rank,
+        target_modules=targets,
+        lora_dropout=dropout,
+        init_lora_weights="gaussian",
+        rank_pattern=pattern,
+        alpha_pattern=pattern,
+    )
+    with warnings.catch_warnings():  # peft warns that several adapters now share the model: intended
+        warnings.simplefilter("ignore", UserWarning)
+        inject_adapter_in_model(config, unet, adapter_name=adapter_name)
+    # Injecting re-activates only the new adapter; keep every adapter present usable.
+    activate(unet, adapter_names(unet))
+
+
+def _capped_ranks(unet, targets, rank):
+    modules = dict(unet.named_modules())
+    ranks = {}
+    for name in targets:
+        layer = modules[name]
+        base = layer.get_base_layer() if isinstance(layer, LoraLayer) else layer
+        ranks[name] = min(rank, base.in_features, base.out_features)
+    return ranks
+
+
+def lora_layers(unet: torch.nn.Module) -> list[LoraLayer]:
+    return [m for m in unet.modules() if isinstance(m, LoraLayer)]
+
+
+def adapter_names(unet: torch.nn.Module) -> list[str]:
+    names = set()
+    for layer in lora_layers(unet):
+        names.update(layer.lora_A.keys())
+    return sorted(names)
+
+
+def activate(unet: torch.nn.Module, names: list[str], layers: list[LoraLayer] | None = None) -> None:
+    """Make exactly `names` active (inactive adapters cost nothing in the forward).
+
+    All adapters are left frozen: trainers then pick what learns with `set_trainable`.
+    """
+    for layer in layers if layers is not None else lora_layers(unet):
+        layer.set_adapter(list(names), inference_mode=True)
+
+
+def set_scale(unet: torch.nn.Module, adapter_name: str, scale: float) -> None:
+    """Multiply an adapter's LoRA term by `scale` (1 = as trained)."""
+    for layer in lora_layers(unet):
+        layer.set_scale(adapter_name, scale)
+
+
+def adapter_parameters(unet: torch.nn.Module, adapter_name: str) -> list[torch.nn.Parameter]:
+    suffixes = (f".{adapter_name}.weight",)
+    return [p for n, p in unet.named_parameters() if "lora_" in n and n.endswith(suffixes)]
+
+
+def set_trainable(params_by_adapter: dict[str, list[torch.nn.Parameter]], trainable: list[str]) -> None:
+    """requires_grad on the adapters in `trainable`, off on every other adapter."""
+    for name, params in params_by_adapter.items():
+        for p in params:
+            p.requires_grad_(name in trainable)

@@ -1,0 +1,153 @@
+"""LoRA placement, the single-frame rule, init, and adapter save/load."""
+
+import json
+
+import pytest
+import torch
+
+from models.lora import (
+    SPATIAL,
+    TEMPORAL,
+    activate,
+    adapter_parameters,
+    add_adapter,
+    lora_target_names,
+    set_scale,
+)
+from models.lora_io import load_adapter, read_lora_config, save_adapter
+from models.unet import load_unet
+from utils.errors import UserError
+
+
+def _unet_out(unet, latents, ehs, t=500):
+    with torch.no_grad():
+        return unet(latents, torch.tensor([t]), encoder_hidden_states=ehs).sample
+
+
+@pytest.fixture(scope="module")
+def reference(original_md):
+    return json.loads((original_md / "reference.json").read_text())
+
+
+def test_target_layers_equal_the_originals(original_md, reference):
+    unet = load_unet(str(original_md / "tiny_t2v"))
+    lists = reference["lora_module_lists"]
+    spatial, temporal = lora_target_names(unet, SPATIAL), lora_target_names(unet, TEMPORAL)
+    assert (len(spatial), len(temporal)) == (24, 50)
+    assert spatial == [row["module"] for row in lists["Transformer2DModel"]]
+    assert temporal == [row["module"] for row in lists["TransformerTemporalModel"]]
+
+
+def test_target_layers_exclude_cross_attention_and_projections(tiny_model_dir):
+    unet = load_unet(str(tiny_model_dir))
+    spatial, temporal = lora_target_names(unet, SPATIAL), lora_target_names(unet, TEMPORAL)
+    assert not any(".attn2." in n or "proj_in" in n or "proj_out" in n for n in spatial)
+    assert any(n.startswith("transformer_in.") for n in temporal)
+    assert any(".attn2." in n for n in temporal)
+    assert not set(spatial) & set(temporal)
+
+
+@pytest.mark.parametrize("frames", [8, 1])
+def test_single_frame_rule_matches_original_unet(original_md, frames):
+    unet = load_unet(str(original_md / "tiny_t2v")).eval()
+    latents = torch.load(original_md / f"inputs/input_latents_1x4x{frames}x8x8.pt")
+    ehs = torch.load(original_md / "inputs/input_encoder_hidden_states_1x77x32.pt")
+    expected = torch.load(original_md / f"outputs/out_nolora_{frames}f.pt")
+    assert (_unet_out(unet, latents, ehs) - expected).abs().max() < 1e-5
+
+
+def test_single_frame_rule_skips_temporal_layers_but_mid_conv(tiny_model_dir):
+    from diffusers import UNet3DConditionModel
+
+    ours = load_unet(str(tiny_model_dir)).eval()
+    stock = UNet3DConditionModel.from_pretrained(str(tiny_model_dir), subfolder="unet").eval()
+    torch.manual_seed(0)
+    one, many, ehs = torch.randn(1, 4, 1, 8, 8), torch.randn(1, 4, 3, 8, 8), torch.randn(1, 77, 32)
+    assert torch.equal(_unet_out(ours, many, ehs), _unet_out(stock, many, ehs))
+    assert (_unet_out(ours, one, ehs) - _unet_out(stock, one, ehs)).abs().max() > 1e-3
+    assert set(ours.state_dict()) == set(stock.state_dict())
+
+
+def test_lora_init_and_rank_cap(tiny_model_dir):
+    unet = load_unet(str(tiny_model_dir))
+    torch.manual_seed(0)
+    add_adapter(unet, TEMPORAL, rank=48, dropout=0.1)  # above some layers' width: capped per layer
+    modules = dict(unet.named_modules())
+    ranks = set()
+    for name in lora_target_names(unet, TEMPORAL):
+        layer = modules[name]
+        down, up = layer.lora_A[TEMPORAL].weight, layer.lora_B[TEMPORAL].weight
+        base = layer.get_base_layer()
+        rank = min(48, base.in_features, base.out_features)
+        ranks.add(rank)
+        assert down.shape == (rank, base.in_features) and up.shape == (base.out_features, rank)
+        assert torch.count_nonzero(up) == 0
+        assert layer.scaling[TEMPORAL] == 1.0  # alpha = r: the LoRA term is up(down(x)) * scale
+    assert ranks == {32, 48}
+    big = modules["transformer_in.transformer_blocks.0.attn1.to_q"].lora_A[TEMPORAL].weight
+    assert abs(big.std().item() - 1 / 48) < 0.005  # down ~ N(0, 1/r)
+
+
+def test_fresh_adapter_changes_nothing_until_trained(tiny_model_dir):
+    unet = load_unet(str(tiny_model_dir)).eval()
+    torch.manual_seed(0)
+    latents, ehs = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 77, 32)
+    before = _unet_out(unet, latents, ehs)
+    add_adapter(unet, TEMPORAL, rank=4)
+    add_adapter(unet, SPATIAL, rank=4)
+    assert torch.equal(before, _unet_out(unet, latents, ehs))
+
+
+def _randomize(unet, name, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for p in adapter_parameters(unet, name):
+        p.data = torch.randn(p.shape, generator=generator) * 0.05
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_model_dir, tmp_path):
+    unet = load_unet(str(tiny_model_dir)).eval()
+    for name, seed in ((TEMPORAL, 1), (SPATIAL, 2)):
+        add_adapter(unet, name, rank=4)
+        _randomize(unet, name, seed)
+        save_adapter(unet, name, tmp_path / name / "lora" / "7_unet.safetensors")
+    activate(unet, [SPATIAL, TEMPORAL])
+    set_scale(unet, TEMPORAL, 0.5)
+    torch.manual_seed(0)
+    latents, ehs = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 77, 32)
+    expected = _unet_out(unet, latents, ehs)
+
+    reloaded = load_unet(str(tiny_model_dir)).eval()
+    load_adapter(reloaded, tmp_path / TEMPORAL / "lora", TEMPORAL, scale=0.5)
+    load_adapter(reloaded, tmp_path / SPATIAL / "lora", SPATIAL)
+    activate(reloaded, [SPATIAL, TEMPORAL])
+    assert torch.equal(expected, _unet_out(reloaded, latents, ehs))
+    config = read_lora_config(tmp_path / TEMPORAL / "lora" / "7_unet.safetensors")
+    assert config["r"] == 4 and config["lora_alpha"] == 4 and len(config["target_modules"]) > 0
+
+
+def test_original_checkpoint_into_wrong_model_is_a_clear_error(original_md, tiny_model_dir, tmp_path):
+    # An original spatial list file (24 layers) offered as the temporal path (50 layers).
+    unet = load_unet(str(tiny_model_dir))
+    with pytest.raises(UserError, match="24 LoRA layers but the model's temporal path has 50"):
+        load_adapter(unet, original_md / "checkpoint-4/spatial/lora", TEMPORAL)
+
+
+def test_safetensors_with_wrong_shapes_is_a_clear_error(tiny_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    unet = load_unet(str(tiny_model_dir))
+    name = lora_target_names(unet, TEMPORAL)[0]
+    state = {}
+    for target in lora_target_names(unet, TEMPORAL):
+        state[f"{target}.lora_A.weight"] = torch.zeros(4, 32)
+        state[f"{target}.lora_B.weight"] = torch.zeros(32, 4)
+    state[f"{name}.lora_A.weight"] = torch.zeros(4, 48)
+    save_file(state, str(tmp_path / "1_unet.safetensors"))
+    with pytest.raises(UserError, match="wrong base model"):
+        load_adapter(unet, tmp_path, TEMPORAL)
+
+
+def test_empty_lora_folder_lists_its_contents(tiny_model_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="notes.txt"):
+        load_adapter(load_unet(str(tiny_model_dir)), tmp_path, TEMPORAL)

@@ -1,0 +1,81 @@
+"""Latents (and DDIM inversion noise) encoded once before training, in the original's file layout.
+
+`cached_latents/cached_<i>.pt` holds the clip's batch dict with the batch dimension stripped:
+`latents` (4, F, h, w), `prompt_ids`, `text_prompt`, `dataset`, `inversion_noise` when the
+validation noise prior is > 0, and `pixel_values` when horizontal flips need them. Folders written
+by the original code load too.
+"""
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from models.pipeline import encode_prompts, encode_video, tokenize
+from utils.ddim import ddim_inversion
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+INVERSION_STEPS = 50
+_CACHE_RE = re.compile(r"^cached_(\d+)\.pt$")
+
+
+def cache_dataset(dataset, components, out_dir: Path, with_inversion: bool, keep_pixels: bool, show=True) -> Path:
+    """Encode every clip of `dataset` into `out_dir` (atomically per file); returns the folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    empty = encode_prompts(components.tokenizer, components.text_encoder, [""]) if with_inversion else None
+    for i in tqdm(range(len(dataset)), desc="Caching latents", disable=not show):
+        item = dataset[i]
+        entry = encode_clip(item, components, empty)
+        if keep_pixels:
+            entry["pixel_values"] = item["pixel_values"]
+        tmp = out_dir / f"cached_{i}.pt.tmp"
+        torch.save(entry, tmp)
+        os.replace(tmp, out_dir / f"cached_{i}.pt")
+    return out_dir
+
+
+def encode_clip(item: dict, components, empty_embedding: torch.Tensor | None) -> dict:
+    latents = encode_video(components.vae, item["pixel_values"][None])
+    entry = {
+        "latents": latents[0].float().cpu(),
+        "prompt_ids": tokenize(components.tokenizer, [item["prompt"]])[0],
+        "text_prompt": item["prompt"],
+        "dataset": item.get("dataset", ""),
+    }
+    if empty_embedding is not None:
+        unet = components.unet
+        was_training = unet.training
+        unet.eval()  # temporal convs use dropout
+        inverted = ddim_inversion(unet, components.scheduler, latents.to(unet.dtype), empty_embedding, INVERSION_STEPS)
+        unet.train(was_training)
+        entry["inversion_noise"] = inverted[0].float().cpu()
+    return entry
+
+
+def cached_files(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"cached latents folder not found: {folder} (unset cached_latent_dir to encode the data)")
+    files = [p for p in folder.iterdir() if _CACHE_RE.match(p.name)]
+    if not files:
+        raise UserError(f"no cached_<i>.pt files in {folder}; unset cached_latent_dir to encode the data again")
+    return sorted(files, key=lambda p: int(_CACHE_RE.match(p.name)[1]))
+
+
+def load_cached(folder: Path) -> list[dict]:
+    """Every cached clip, in memory (they are small), as training items."""
+    items = []
+    for index, file in enumerate(cached_files(folder)):
+        try:
+            entry = torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise UserError(f"cannot read cached latents {file}: {err}; delete the folder to re-encode") from None
+        entry["prompt"] = entry.get("text_prompt", "")
+        entry["index"] = index
+        items.append(entry)
+    return items

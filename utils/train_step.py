@@ -1,0 +1,149 @@
+"""One MotionDirector training step: the spatial and the temporal loss, each updating only its own path.
+
+Update order differs from the original on purpose: the original steps the spatial optimiser between
+the two backward passes, which breaks autograd in float32 ("modified by an inplace operation").
+Here the spatial loss is backpropagated first, the temporal forward runs with the spatial LoRA
+frozen (so its gradient cannot reach it), and the caller steps both optimisers afterwards. The
+temporal loss therefore sees the same pre-update spatial weights as in the original.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models.lora import TEMPORAL, activate, set_trainable
+from models.pipeline import encode_video
+
+SPATIAL_SKIP_PROB = 0.2  # the original skips the spatial loss on 20% of steps
+AD_BETA = 1.0  # appearance-debiased loss: beta = 1, alpha = sqrt(beta^2 + 1)
+
+
+@dataclass
+class StepSettings:
+    train_spatial: bool = True
+    train_temporal: bool = True
+    random_hflip_img: float = -1.0
+    use_offset_noise: bool = False
+    offset_noise_strength: float = 0.1
+    loss_scale: float = 1.0  # 1 / gradient_accumulation_steps
+
+
+@dataclass
+class Adapters:
+    """The adapters on the UNet, their parameters and the LoRA layers (cached: looked up every step)."""
+
+    spatial: list[str]
+    params: dict[str, list[torch.nn.Parameter]]
+    layers: list = field(default_factory=list)
+    temporal: str | None = TEMPORAL
+
+    def use(self, active: list[str], trainable: list[str]) -> None:
+        activate(None, active, self.layers)
+        set_trainable(self.params, trainable)
+
+
+@dataclass
+class StepLosses:
+    spatial: float | None
+    temporal: float | None
+
+
+def sample_noise(latents: torch.Tensor, offset: bool, strength: float) -> torch.Tensor:
+    """Gaussian noise, plus per-(video, channel, frame) offset noise when enabled."""
+    noise = torch.randn_like(latents)
+    if offset:
+        b, c, f = latents.shape[:3]
+        noise = noise + strength * torch.randn(b, c, f, 1, 1, device=latents.device, dtype=latents.dtype)
+    return noise
+
+
+def diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
+
+
+def appearance_debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int) -> torch.Tensor:
+    """MSE between alpha*x - beta*x[anchor frame] for prediction and target (paper, eq. 5)."""
+    alpha = (AD_BETA**2 + 1) ** 0.5
+    pred_d = alpha * pred - AD_BETA * pred[:, :, anchor : anchor + 1]
+    target_d = alpha * target - AD_BETA * target[:, :, anchor : anchor + 1]
+    return F.mse_loss(pred_d.float(), target_d.float())
+
+
+def temporal_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int) -> torch.Tensor:
+    return F.mse_loss(pred.float(), target.float()) + appearance_debiased_loss(pred, target, anchor)
+
+
+def train_step(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    adapters: Adapters,
+    spatial_adapter: str,
+    settings: StepSettings,
+    backward,
+    autocast,
+    vae=None,
+    pixel_values: torch.Tensor | None = None,
+) -> StepLosses:
+    """Forward and backward of both losses for one batch; optimiser steps are the caller's.
+
+    `backward(loss)` runs the backward pass (accelerate / grad-scaler aware), `autocast()` is the
+    mixed-precision context. `vae` and `pixel_values` are needed only for horizontal flips.
+    """
+    skip_spatial = settings.train_temporal and random.uniform(0, 1) < SPATIAL_SKIP_PROB
+    skip_spatial = skip_spatial or not settings.train_spatial
+    noise = sample_noise(latents, settings.use_offset_noise, settings.offset_noise_strength)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = diffusion_target(scheduler, latents, noise, timesteps)
+
+    loss_spatial = None
+    if not skip_spatial:
+        adapters.use(active=[spatial_adapter], trainable=[spatial_adapter])
+        frame_in, frame_target = _spatial_sample(
+            scheduler, noisy, target, timesteps, settings, vae, pixel_values
+        )
+        with autocast():
+            pred = unet(frame_in, timesteps, encoder_hidden_states=text_embeddings).sample
+        loss_spatial = F.mse_loss(pred[:, :, 0].float(), frame_target.float())
+        backward(loss_spatial * settings.loss_scale)
+
+    loss_temporal = None
+    if settings.train_temporal:
+        active = [adapters.temporal] + ([] if skip_spatial else [spatial_adapter])
+        adapters.use(active=active, trainable=[adapters.temporal])
+        with autocast():
+            pred = unet(noisy, timesteps, encoder_hidden_states=text_embeddings).sample
+        anchor = torch.randint(0, pred.shape[2], (1,)).item()
+        loss_temporal = temporal_loss(pred, target, anchor)
+        backward(loss_temporal * settings.loss_scale)
+
+    return StepLosses(
+        spatial=None if loss_spatial is None else loss_spatial.item(),
+        temporal=None if loss_temporal is None else loss_temporal.item(),
+    )
+
+
+def _spatial_sample(scheduler, noisy, target, timesteps, settings, vae, pixel_values):
+    """One random frame as a one-frame clip, or (with prob. random_hflip_img) that frame flipped.
+
+    A flipped frame is re-encoded and re-noised with the same timestep. Unlike the original, the
+    flipped target follows the scheduler's prediction type (the original always used the noise).
+    """
+    frame = torch.randint(0, noisy.shape[2], (1,)).item()
+    flip = random.uniform(0, 1) < settings.random_hflip_img
+    if not flip or pixel_values is None:
+        return noisy[:, :, frame : frame + 1], target[:, :, frame]
+    flipped = pixel_values[:, frame : frame + 1].flip(-1)
+    latents = encode_video(vae, flipped).to(noisy.dtype)
+    noise = sample_noise(latents, settings.use_offset_noise, settings.offset_noise_strength)
+    frame_in = scheduler.add_noise(latents, noise, timesteps)
+    return frame_in, diffusion_target(scheduler, latents, noise, timesteps)[:, :, 0]

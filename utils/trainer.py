@@ -1,0 +1,360 @@
+"""The MotionDirector training run: models -> adapters and optimisers -> data -> train -> save."""
+
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names
+from models.lora_io import load_adapter
+from models.pipeline import PromptCache, encode_video, load_components
+from models.unet import enable_gradient_checkpointing, set_attention_backend
+from utils.checkpoints import (
+    STATE_FILE,
+    new_run_dir,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+)
+from utils.config import save_config
+from utils.dataset import build_dataset
+from utils.errors import UserError
+from utils.latent_cache import cache_dataset, load_cached
+from utils.train_step import Adapters, StepSettings, train_step
+from utils.validation import log_validation
+
+logger = logging.getLogger(__name__)
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Optimisers:
+    """One AdamW + LR scheduler per adapter (per spatial video and the temporal path)."""
+
+    optimizers: dict
+    schedulers: dict
+
+    def step(self, names, scaler=None):
+        for name in names:
+            if scaler is not None:
+                scaler.step(self.optimizers[name])
+            else:
+                self.optimizers[name].step()
+        if scaler is not None:
+            scaler.update()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self):
+        return {
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state):
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+
+
+class StopRequested(Exception):
+    pass
+
+
+def run(cfg) -> Path:
+    """Train as the config says; returns the run folder."""
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    resume_from = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
+    run_dir = resume_from.parent if resume_from else _create_run_dir(cfg, accelerator)
+    if cfg.seed is not None:
+        set_seed(cfg.seed)
+    dtype = DTYPES[cfg.mixed_precision]
+    components = load_components(cfg.pretrained_model_path, accelerator.device, dtype)
+    dataset = build_dataset(cfg.train_data, list(cfg.dataset_types))
+    items = _training_items(cfg, dataset, components, run_dir, accelerator)
+    unet = components.unet
+    adapters = _add_adapters(cfg, unet, len(items))
+    optimisers = _make_optimisers(cfg, adapters)
+    start_step = _resume(resume_from, optimisers) if resume_from else 0
+    _prepare_unet(cfg, unet)
+    trainer = _Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
+    trainer.train(start_step)
+    return run_dir
+
+
+def _create_run_dir(cfg, accelerator) -> Path:
+    run_dir = new_run_dir(cfg.output_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    logger.info("run folder: %s", run_dir)
+    return run_dir
+
+
+def _training_items(cfg, dataset, components, run_dir, accelerator) -> list[dict]:
+    """Cached latents in memory, or raw clips (encoded every step) when caching is off."""
+    if len(dataset) == 0:
+        raise UserError("the training data is empty: check train_data paths and dataset_types")
+    if cfg.cached_latent_dir:
+        return load_cached(Path(cfg.cached_latent_dir))
+    if not cfg.cache_latents:
+        return [dict(dataset[i], index=i, lazy=True) for i in range(len(dataset))]
+    cache_dir = run_dir / "cached_latents"
+    if not (cache_dir.is_dir() and any(cache_dir.iterdir())):
+        with_inversion = cfg.validation_data.noise_prior > 0
+        cache_dataset(dataset, components, cache_dir, with_inversion, keep_pixels=cfg.random_hflip_img > 0)
+    return load_cached(cache_dir)
+
+
+def _add_adapters(cfg, unet, num_items: int) -> Adapters:
+    spatial = spatial_adapter_names(1 if cfg.single_spatial_lora else num_items)
+    names = ([TEMPORAL] if cfg.train_temporal_lora else []) + spatial
+    for name in names:
+        start = _initial_lora_folder(cfg, name)
+        if start is not None:
+            load_adapter(unet, start, name)
+        else:
+            add_adapter(unet, name, cfg.lora_rank, cfg.lora_unet_dropout)
+    params = {name: adapter_parameters(unet, name) for name in names}
+    for plist in params.values():
+        for p in plist:  # trainable LoRA weights stay float32 under fp16/bf16 (frozen UNet is cast)
+            p.data = p.data.float()
+    return Adapters(spatial, params, lora_layers(unet), TEMPORAL if cfg.train_temporal_lora else None)
+
+
+def _initial_lora_folder(cfg, name):
+    """`lora_path` (original key): start from saved adapters in <lora_path>/{spatial,temporal}/lora/."""
+    if not cfg.lora_path:
+        return None
+    folder = Path(cfg.lora_path) / ("temporal" if name == TEMPORAL else "spatial") / "lora"
+    return folder if folder.is_dir() else None
+
+
+def _make_optimisers(cfg, adapters: Adapters) -> Optimisers:
+    optimizer_cls = _optimizer_class(cfg.use_8bit_adam)
+    optimizers, schedulers = {}, {}
+    for name, params in adapters.params.items():
+        optimizers[name] = optimizer_cls(
+            params,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.adam_weight_decay,
+            eps=cfg.adam_epsilon,
+        )
+        schedulers[name] = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer=optimizers[name],
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=cfg.max_train_steps,
+        )
+    return Optimisers(optimizers, schedulers)
+
+
+def _optimizer_class(use_8bit_adam: bool):
+    if not use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError("use_8bit_adam: true needs bitsandbytes (pip install bitsandbytes) or set it to false") from None
+    return bnb.optim.AdamW8bit
+
+
+def _prepare_unet(cfg, unet) -> None:
+    set_attention_backend(unet, xformers=cfg.enable_xformers_memory_efficient_attention and not cfg.enable_torch_2_attn)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(unet)
+    unet.train()
+
+
+def _resume(checkpoint: Path, optimisers: Optimisers) -> int:
+    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    optimisers.load_state_dict(state["optimisers"])
+    set_rng_state(state["rng"])
+    logger.info("resumed from %s at step %d", checkpoint, state["step"])
+    return state["step"]
+
+
+class _Loop:
+    """The training loop; holds what every step needs."""
+
+    def __init__(self, cfg, accelerator, components, adapters, optimisers, items, run_dir):
+        self.cfg, self.acc, self.c = cfg, accelerator, components
+        self.adapters, self.optimisers, self.items, self.run_dir = adapters, optimisers, items, Path(run_dir)
+        self.prompts = PromptCache(components.tokenizer, components.text_encoder)
+        self.settings = StepSettings(
+            train_spatial=True,
+            train_temporal=cfg.train_temporal_lora,
+            random_hflip_img=cfg.random_hflip_img,
+            use_offset_noise=cfg.use_offset_noise and not cfg.rescale_schedule,
+            offset_noise_strength=cfg.offset_noise_strength,
+            loss_scale=1.0 / cfg.gradient_accumulation_steps,
+        )
+        if cfg.rescale_schedule and not cfg.use_offset_noise:
+            _rescale_zero_terminal_snr(components.scheduler)
+        use_scaler = cfg.mixed_precision == "fp16" and accelerator.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.stop_signal = None
+
+    def train(self, start_step: int) -> None:
+        cfg = self.cfg
+        self._install_signal_handlers()
+        bar = tqdm(range(start_step, cfg.max_train_steps), initial=start_step, total=cfg.max_train_steps,
+                   desc="Steps", disable=not self.acc.is_local_main_process)
+        step, last_item = start_step, None
+        try:
+            for step in range(start_step + 1, cfg.max_train_steps + 1):
+                losses, last_item = self._optimisation_step(step)
+                bar.update(1)
+                bar.set_postfix(loss_s=_fmt(losses.spatial), loss_t=_fmt(losses.temporal))
+                self._after_step(step, last_item)
+                if self.stop_signal is not None:
+                    raise StopRequested
+        except StopRequested:
+            logger.warning("received %s: saving checkpoint-%d and stopping", self.stop_signal, step)
+            self._checkpoint(step)
+            return
+        finally:
+            bar.close()
+        if self.acc.is_main_process:
+            save_final(self.run_dir, step, self.c.unet, self.adapters.spatial, self.adapters.temporal is not None)
+            logger.info("saved final adapters of step %d in %s", step, self.run_dir)
+
+    def _optimisation_step(self, step: int):
+        total = _Losses()
+        for micro in range(self.cfg.gradient_accumulation_steps):
+            item = self._item_for(step, micro)
+            losses = self._micro_step(item)
+            total.add(losses)
+        self._check_finite(total, step)
+        self._sync_gradients()
+        names = [n for n, ps in self.adapters.params.items() if any(p.grad is not None for p in ps)]
+        self.optimisers.step(names, self.scaler)
+        return total.mean(), item
+
+    def _item_for(self, step: int, micro: int) -> dict:
+        """Shuffled order, reshuffled each epoch from the seed, sharded across processes (resumable)."""
+        n = len(self.items)
+        per_epoch = max(n // self.acc.num_processes, 1)
+        index = ((step - 1) * self.cfg.gradient_accumulation_steps + micro)
+        epoch, offset = divmod(index, per_epoch)
+        generator = torch.Generator().manual_seed((self.cfg.seed or 0) + epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        shard = order[self.acc.process_index :: self.acc.num_processes] or order
+        return self.items[shard[offset % len(shard)]]
+
+    def _micro_step(self, item: dict):
+        device = self.acc.device
+        latents, pixels = self._latents(item)
+        embeddings = self.prompts([item["prompt"]]).to(device)
+        spatial = self.adapters.spatial[0 if len(self.adapters.spatial) == 1 else item["index"]]
+        return train_step(
+            self.c.unet, self.c.scheduler, latents, embeddings, self.adapters, spatial, self.settings,
+            backward=self._backward, autocast=self.acc.autocast, vae=self.c.vae, pixel_values=pixels,
+        )
+
+    def _latents(self, item):
+        device = self.acc.device
+        pixels = item.get("pixel_values")
+        pixels = pixels[None].to(device) if pixels is not None and self.cfg.random_hflip_img > 0 else None
+        if item.get("lazy"):
+            latents = encode_video(self.c.vae, item["pixel_values"][None].to(device)).float()
+        else:
+            latents = item["latents"][None].to(device, torch.float32)
+        return latents, pixels
+
+    def _backward(self, loss):
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _sync_gradients(self):
+        """Average LoRA gradients across processes (the UNet is not wrapped in DDP: paths alternate)."""
+        if self.acc.num_processes == 1:
+            return
+        for params in self.adapters.params.values():
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = self.acc.reduce(p.grad, reduction="mean")
+
+    def _check_finite(self, losses, step):
+        for name, value in (("spatial", losses.spatial_sum), ("temporal", losses.temporal_sum)):
+            if value is not None and not math.isfinite(value):
+                raise UserError(
+                    f"the {name} loss became {value} at step {step}; stopped without saving it "
+                    "(the last good checkpoint is kept). Lower learning_rate or use mixed_precision: bf16/no"
+                )
+
+    def _after_step(self, step: int, item: dict) -> None:
+        if step % self.cfg.checkpointing_steps == 0:
+            self._checkpoint(step)
+        vd = self.cfg.validation_data
+        if vd.sample_preview and step % self.cfg.validation_steps == 0 and self.acc.is_main_process:
+            log_validation(self.cfg, self.c, self.adapters, item, self.run_dir / "samples", step, self.acc)
+
+    def _checkpoint(self, step: int) -> None:
+        if not self.acc.is_main_process:
+            return
+        state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rng_state()}
+        path = save_checkpoint(
+            self.run_dir, step, self.c.unet, self.adapters.spatial, self.adapters.temporal is not None, state
+        )
+        logger.info("saved %s", path)
+
+    def _install_signal_handlers(self):
+        def request_stop(signum, _frame):
+            self.stop_signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread (e.g. inside a web demo): no handler
+                pass
+
+
+class _Losses:
+    def __init__(self):
+        self.spatial_sum, self.temporal_sum, self.n_spatial, self.n_temporal = None, None, 0, 0
+
+    def add(self, losses):
+        if losses.spatial is not None:
+            self.spatial_sum = (self.spatial_sum or 0.0) + losses.spatial
+            self.n_spatial += 1
+        if losses.temporal is not None:
+            self.temporal_sum = (self.temporal_sum or 0.0) + losses.temporal
+            self.n_temporal += 1
+
+    def mean(self):
+        from utils.train_step import StepLosses
+
+        return StepLosses(
+            spatial=None if self.spatial_sum is None else self.spatial_sum / self.n_spatial,
+            temporal=None if self.temporal_sum is None else self.temporal_sum / self.n_temporal,
+        )
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _rescale_zero_terminal_snr(scheduler) -> None:
+    """Zero-terminal-SNR betas (Lin et al. 2023), as the original's `rescale_schedule`."""
+    alphas_bar_sqrt = scheduler.alphas_cumprod.sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
+    scheduler.betas = 1 - alphas
+    scheduler.alphas = alphas
+    scheduler.alphas_cumprod = alphas_bar
