@@ -108,14 +108,14 @@ def original_list_to_state_dict(tensors, unet, path: str, source="the LoRA file"
 
 
 def load_adapter(
-    unet: torch.nn.Module, folder_or_file: str | Path, adapter_name: str, scale: float = 1.0
+    unet: torch.nn.Module, folder_or_file: str | Path, adapter_name: str, scale: float = 1.0, dropout: float = 0.0
 ) -> Path:
     """Inject an adapter sized from the file and load its weights; returns the file used."""
     file = find_lora_file(folder_or_file)
     path = path_of(adapter_name)
     state = read_lora_file(file, unet, path)
     ranks = _ranks_matching_model(state, unet, path, file)
-    add_adapter(unet, adapter_name, ranks, dropout=0.0)
+    add_adapter(unet, adapter_name, ranks, dropout=dropout)
     dtype = next(unet.parameters()).dtype
     try:
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)

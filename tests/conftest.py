@@ -1,7 +1,12 @@
 """Shared fixtures: a tiny random pipeline built once per session, and the ../shared reference data."""
 
+import os
 import sys
 from pathlib import Path
+
+# Tiny models gain nothing from threads, and OpenMP threads on a busy 2-core machine spin-wait
+# each other into 100x slower small matmuls. Subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -10,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ORIGINAL_MD = REPO.parent / "shared" / "compat" / "original_md"
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names
 from models.lora_io import load_adapter
-from models.pipeline import PromptCache, encode_video, load_components
+from models.pipeline import PromptCache, check_model_folder, encode_video, load_components
 from models.unet import enable_gradient_checkpointing, set_attention_backend
 from utils.checkpoints import (
     STATE_FILE,
+    adapter_folder,
     new_run_dir,
     resolve_resume,
     rng_state,
@@ -78,16 +79,18 @@ class StopRequested(Exception):
 def run(cfg) -> Path:
     """Train as the config says; returns the run folder."""
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # Every input is checked before the run folder is made or a model is loaded.
+    check_model_folder(cfg.pretrained_model_path)
     resume_from = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
+    dataset = build_dataset(cfg.train_data, list(cfg.dataset_types))
     run_dir = resume_from.parent if resume_from else _create_run_dir(cfg, accelerator)
     if cfg.seed is not None:
         set_seed(cfg.seed)
     dtype = DTYPES[cfg.mixed_precision]
     components = load_components(cfg.pretrained_model_path, accelerator.device, dtype)
-    dataset = build_dataset(cfg.train_data, list(cfg.dataset_types))
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     unet = components.unet
-    adapters = _add_adapters(cfg, unet, len(items))
+    adapters = _add_adapters(cfg, unet, len(items), resume_from)
     optimisers = _make_optimisers(cfg, adapters)
     start_step = _resume(resume_from, optimisers) if resume_from else 0
     _prepare_unet(cfg, unet)
@@ -118,13 +121,14 @@ def _training_items(cfg, dataset, components, run_dir, accelerator) -> list[dict
     return load_cached(cache_dir)
 
 
-def _add_adapters(cfg, unet, num_items: int) -> Adapters:
+def _add_adapters(cfg, unet, num_items: int, resume_from: Path | None) -> Adapters:
+    """Fresh adapters, or the ones saved in the resumed checkpoint / under `lora_path`."""
     spatial = spatial_adapter_names(1 if cfg.single_spatial_lora else num_items)
     names = ([TEMPORAL] if cfg.train_temporal_lora else []) + spatial
     for name in names:
-        start = _initial_lora_folder(cfg, name)
+        start = _initial_lora_folder(cfg, name, spatial, resume_from)
         if start is not None:
-            load_adapter(unet, start, name)
+            load_adapter(unet, start, name, dropout=cfg.lora_unet_dropout)
         else:
             add_adapter(unet, name, cfg.lora_rank, cfg.lora_unet_dropout)
     params = {name: adapter_parameters(unet, name) for name in names}
@@ -134,11 +138,12 @@ def _add_adapters(cfg, unet, num_items: int) -> Adapters:
     return Adapters(spatial, params, lora_layers(unet), TEMPORAL if cfg.train_temporal_lora else None)
 
 
-def _initial_lora_folder(cfg, name):
-    """`lora_path` (original key): start from saved adapters in <lora_path>/{spatial,temporal}/lora/."""
-    if not cfg.lora_path:
+def _initial_lora_folder(cfg, name, spatial_names, resume_from):
+    if resume_from is not None:
+        return adapter_folder(resume_from, name, spatial_names)
+    if not cfg.lora_path:  # original key: start from <lora_path>/{spatial,temporal}/lora/
         return None
-    folder = Path(cfg.lora_path) / ("temporal" if name == TEMPORAL else "spatial") / "lora"
+    folder = adapter_folder(Path(cfg.lora_path), name, spatial_names)
     return folder if folder.is_dir() else None
 
 
