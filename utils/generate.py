@@ -138,13 +138,19 @@ def check_settings(settings: GenerationSettings) -> None:
 # ----------------------------------------------------------------------------- model
 
 
-def device_and_dtype(requested: str | None) -> tuple[str, torch.dtype]:
-    """fp16 on CUDA as the original, fp32 elsewhere (CPU half is slow and partly unsupported)."""
+def process_state():
+    """accelerate's view of the processes (one, unless started by `accelerate launch` / torchrun)."""
     from accelerate import PartialState
 
+    # Without CUDA, accelerate forms a process group only when told the processes run on the CPU.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def device_and_dtype(requested: str | None) -> tuple[str, torch.dtype]:
+    """fp16 on CUDA as the original, fp32 elsewhere (CPU half is slow and partly unsupported)."""
     from utils.cli import resolve_device
 
-    state = PartialState()
+    state = process_state()
     if requested is None and state.num_processes > 1:
         device = str(state.device)  # one GPU per process under `accelerate launch`
     else:
@@ -191,9 +197,7 @@ def share_of(count: int, process_index: int, num_processes: int) -> list[int]:
 
 def my_share(count: int) -> list[int]:
     """The video indices this process generates (all of them unless under `accelerate launch`)."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     return share_of(count, state.process_index, state.num_processes)
 
 
@@ -351,10 +355,8 @@ def write_outputs(frames: torch.Tensor, settings: GenerationSettings, seed: int)
 def generate_videos(components: Components, settings: GenerationSettings,
                     prior: NoisePrior | None = None, seeds: list[int] | None = None) -> list[Path]:
     """Sample and write this process's share of the `repeat_num` videos; returns the files."""
-    from accelerate import PartialState
-
     seeds = seeds if seeds is not None else repeat_seeds(settings.seed, settings.repeat_num)
-    show = PartialState().is_local_main_process
+    show = process_state().is_local_main_process
     written = []
     for i in my_share(len(seeds)):
         logger.info("video %d/%d: seed %d", i + 1, len(seeds), seeds[i])

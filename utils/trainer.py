@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils.imports import is_tensorboard_available, is_wandb_available
+from omegaconf import OmegaConf
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -78,32 +80,63 @@ class StopRequested(Exception):
 
 def run(cfg) -> Path:
     """Train as the config says; returns the run folder."""
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    state = PartialState()
     # Every input is checked before the run folder is made or a model is loaded.
     check_model_folder(cfg.pretrained_model_path)
     resume_from = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
     dataset = build_dataset(cfg.train_data, list(cfg.dataset_types))
-    run_dir = resume_from.parent if resume_from else _create_run_dir(cfg, accelerator)
+    run_dir = resume_from.parent if resume_from else _shared_run_dir(cfg, state)
+    accelerator = _make_accelerator(cfg, run_dir)
     if cfg.seed is not None:
         set_seed(cfg.seed)
-    dtype = DTYPES[cfg.mixed_precision]
-    components = load_components(cfg.pretrained_model_path, accelerator.device, dtype)
+    components = load_components(cfg.pretrained_model_path, accelerator.device, DTYPES[cfg.mixed_precision])
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     unet = components.unet
     adapters = _add_adapters(cfg, unet, len(items), resume_from)
-    optimisers = _make_optimisers(cfg, adapters)
+    optimisers = _make_optimisers(cfg, adapters, accelerator.device)
     start_step = _resume(resume_from, optimisers) if resume_from else 0
     _prepare_unet(cfg, unet)
     trainer = _Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
     trainer.train(start_step)
+    accelerator.end_training()
     return run_dir
 
 
-def _create_run_dir(cfg, accelerator) -> Path:
-    run_dir = new_run_dir(cfg.output_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    logger.info("run folder: %s", run_dir)
-    return run_dir
+def _shared_run_dir(cfg, state) -> Path:
+    """The main process makes the run folder; every process gets its name."""
+    run_dir = [None]
+    if state.is_main_process:
+        run_dir = [str(new_run_dir(cfg.output_dir))]
+        save_config(cfg, Path(run_dir[0]) / "config.yaml")
+        logger.info("run folder: %s", run_dir[0])
+    if state.num_processes > 1:
+        broadcast_object_list(run_dir)
+    return Path(run_dir[0])
+
+
+def _make_accelerator(cfg, run_dir: Path) -> Accelerator:
+    """Mixed precision, devices and processes; TensorBoard/wandb events go to <run>/logs."""
+    tracker = None if cfg.logger_type == "none" else cfg.logger_type
+    if tracker == "tensorboard" and not is_tensorboard_available():
+        logger.warning("logger_type: tensorboard but tensorboard is not installed (pip install tensorboard); not logging")
+        tracker = None
+    if tracker == "wandb" and not is_wandb_available():
+        logger.warning("logger_type: wandb but wandb is not installed (pip install wandb); not logging")
+        tracker = None
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker, project_config=project)
+    if tracker is not None:
+        accelerator.init_trackers("motiondirector", config=_flat_config(cfg))
+    return accelerator
+
+
+def _flat_config(cfg) -> dict:
+    """Scalars only: what TensorBoard's hparams accept."""
+    flat = {}
+    for key, value in OmegaConf.to_container(cfg, resolve=True).items():
+        if isinstance(value, (int, float, str, bool)):
+            flat[key] = value
+    return flat
 
 
 def _training_items(cfg, dataset, components, run_dir, accelerator) -> list[dict]:
@@ -111,14 +144,20 @@ def _training_items(cfg, dataset, components, run_dir, accelerator) -> list[dict
     if len(dataset) == 0:
         raise UserError("the training data is empty: check train_data paths and dataset_types")
     if cfg.cached_latent_dir:
-        return load_cached(Path(cfg.cached_latent_dir))
+        return [_to_device(item, accelerator.device) for item in load_cached(Path(cfg.cached_latent_dir))]
     if not cfg.cache_latents:
         return [dict(dataset[i], index=i, lazy=True) for i in range(len(dataset))]
     cache_dir = run_dir / "cached_latents"
-    if not (cache_dir.is_dir() and any(cache_dir.iterdir())):
+    if accelerator.is_main_process and not (cache_dir.is_dir() and any(cache_dir.iterdir())):
         with_inversion = cfg.validation_data.noise_prior > 0
         cache_dataset(dataset, components, cache_dir, with_inversion, keep_pixels=cfg.random_hflip_img > 0)
-    return load_cached(cache_dir)
+    accelerator.wait_for_everyone()
+    return [_to_device(item, accelerator.device) for item in load_cached(cache_dir)]
+
+
+def _to_device(item: dict, device) -> dict:
+    """Cached tensors live on the training device for the whole run (no per-step copies)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in item.items()}
 
 
 def _add_adapters(cfg, unet, num_items: int, resume_from: Path | None) -> Adapters:
@@ -147,12 +186,15 @@ def _initial_lora_folder(cfg, name, spatial_names, resume_from):
     return folder if folder.is_dir() else None
 
 
-def _make_optimisers(cfg, adapters: Adapters) -> Optimisers:
+def _make_optimisers(cfg, adapters: Adapters, device) -> Optimisers:
     optimizer_cls = _optimizer_class(cfg.use_8bit_adam)
+    # One fused kernel per optimiser step on CUDA (hundreds of small LoRA tensors otherwise).
+    fused = {"fused": True} if device.type == "cuda" and optimizer_cls is torch.optim.AdamW else {}
     optimizers, schedulers = {}, {}
     for name, params in adapters.params.items():
         optimizers[name] = optimizer_cls(
             params,
+            **fused,
             lr=cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             weight_decay=cfg.adam_weight_decay,
@@ -221,9 +263,11 @@ class _Loop:
         step, last_item = start_step, None
         try:
             for step in range(start_step + 1, cfg.max_train_steps + 1):
+                started = time.perf_counter()
                 losses, last_item = self._optimisation_step(step)
                 bar.update(1)
                 bar.set_postfix(loss_s=_fmt(losses.spatial), loss_t=_fmt(losses.temporal))
+                self._log(step, losses, time.perf_counter() - started)
                 self._after_step(step, last_item)
                 if self.stop_signal is not None:
                     raise StopRequested
@@ -248,6 +292,17 @@ class _Loop:
         names = [n for n, ps in self.adapters.params.items() if any(p.grad is not None for p in ps)]
         self.optimisers.step(names, self.scaler)
         return total.mean(), item
+
+    def _log(self, step: int, losses, seconds: float) -> None:
+        """Losses, learning rates and step time for TensorBoard/wandb (a no-op without a tracker)."""
+        values = {"step_time_s": seconds}
+        if losses.spatial is not None:
+            values["loss_spatial"] = losses.spatial
+        if losses.temporal is not None:
+            values["loss_temporal"] = losses.temporal
+        for name, scheduler in self.optimisers.schedulers.items():
+            values[f"lr_{name}"] = scheduler.get_last_lr()[0]
+        self.acc.log(values, step=step)
 
     def _item_for(self, step: int, micro: int) -> dict:
         """Shuffled order, reshuffled each epoch from the seed, sharded across processes (resumable)."""
