@@ -371,6 +371,8 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
     """Everything a CLI does: check, load, sample, write. `cache_dir` is the run's cached_latents/."""
     check_settings(settings)
     seeds = repeat_seeds(settings.seed, settings.repeat_num)
+    if not my_share(len(seeds)):  # more processes than videos: nothing for this one to do
+        return []
     prior = None
     if settings.noise_prior > 0:
         if cache_dir is None:

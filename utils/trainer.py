@@ -81,6 +81,8 @@ class StopRequested(Exception):
 def run(cfg) -> Path:
     """Train as the config says; returns the run folder."""
     state = PartialState()
+    if cfg.save_pretrained_model:
+        logger.warning("save_pretrained_model: only the LoRA adapters are saved; the base model never changes")
     # Every input is checked before the run folder is made or a model is loaded.
     check_model_folder(cfg.pretrained_model_path)
     resume_from = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
