@@ -39,7 +39,7 @@ def check_model_folder(model_path: str) -> None:
     missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
     if missing:
         raise UserError(
-            f"{model_path} is not a diffusers text-to-video folder: missing {', '.join(missing)}/ "
+            f"{model_path} is not a diffusers text-to-video folder: missing {', '.join(m + '/' for m in missing)} "
             "(clone e.g. cerspense/zeroscope_v2_576w, or build the tiny test model with `python -m utils.tiny_model DIR`)"
         )
 

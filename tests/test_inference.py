@@ -127,9 +127,9 @@ def test_full_noise_prior_makes_the_video_seed_independent(tiny_components, tmp_
 
 
 def test_missing_inversion_is_computed_once_and_written_back(tiny_components, tmp_path, monkeypatch):
-    file = _cache_file(tmp_path, with_inversion=False)
+    file = _cache_file(tmp_path, frames=2, with_inversion=False)
     inverted = NoisePrior([file]).inverted(file, tiny_components)
-    assert inverted.shape == (4, 8, 8, 8)
+    assert inverted.shape == (4, 2, 8, 8)
     assert torch.equal(torch.load(file)["inversion_noise"], inverted)
     assert not list(tmp_path.glob("*.tmp"))
     import utils.generate

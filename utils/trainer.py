@@ -81,6 +81,9 @@ class StopRequested(Exception):
 def run(cfg) -> Path:
     """Train as the config says; returns the run folder."""
     state = PartialState()
+    if cfg.mixed_precision == "fp16" and state.device.type != "cuda":
+        raise UserError(f"mixed_precision: fp16 needs a CUDA GPU but training runs on {state.device.type}; "
+                        "set mixed_precision=no (or bf16)")
     if cfg.save_pretrained_model:
         logger.warning("save_pretrained_model: only the LoRA adapters are saved; the base model never changes")
     # Every input is checked before the run folder is made or a model is loaded.
