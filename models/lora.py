@@ -125,6 +125,17 @@ def activate(unet: torch.nn.Module, names: list[str], layers: list[LoraLayer] | 
         layer.set_adapter(list(names), inference_mode=True)
 
 
+def activate_fast(layers: list[LoraLayer], names: list[str]) -> None:
+    """`activate` for the training hot path: sets only the active list.
+
+    peft's `set_adapter` also rewrites requires_grad of every adapter in every layer (about 7 ms
+    per call on the tiny model, twice per step); the trainer sets trainability itself.
+    """
+    names = list(names)
+    for layer in layers:
+        layer._active_adapter = names
+
+
 def set_scale(unet: torch.nn.Module, adapter_name: str, scale: float) -> None:
     """Multiply an adapter's LoRA term by `scale` (1 = as trained)."""
     for layer in lora_layers(unet):
