@@ -168,7 +168,7 @@ def prepare_model(model: str, loras: list[LoraRequest], device: str, dtype: torc
         logger.info("loaded the %s LoRA from %s at scale %g", lora.adapter_name, file, lora.scale)
     if loras:
         activate(unet, adapter_names(unet))
-        unet.to(device)  # the adapters were created on the CPU
+        unet.to(device)  # peft places adapters beside their layers; this only makes sure of it
     if xformers:
         set_attention_backend(unet, xformers=True)
     unet.eval()  # temporal convs use dropout
