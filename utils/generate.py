@@ -289,7 +289,7 @@ def initial_latents(settings: GenerationSettings, seed: int, inverted: torch.Ten
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     if settings.noise_prior == 0 or inverted is None:
         return noise
-    prior = prepare_prior_latents(inverted, shape[0], shape[2], shape[3], shape[4])
+    prior = prepare_prior_latents(inverted.float().cpu(), shape[0], shape[2], shape[3], shape[4])
     return mix_noise_prior(prior, noise, settings.noise_prior)
 
 
@@ -297,18 +297,21 @@ def initial_latents(settings: GenerationSettings, seed: int, inverted: torch.Ten
 
 
 def sample_video(components: Components, settings: GenerationSettings, seed: int,
-                 prior: NoisePrior | None = None, progress: bool = False) -> torch.Tensor:
-    """One sampling call: (B, F, H, W, 3) uint8 frames for `seed`."""
-    inverted = None
-    if prior is not None and settings.noise_prior > 0:
-        file = prior.pick(seed)
-        logger.info("seed %d: noise prior %g from %s", seed, settings.noise_prior, file.name)
-        inverted = prior.inverted(file, components)
+                 inverted: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+    """One sampling call: (B, F, H, W, 3) uint8 frames for `seed` (and the clip's inverted latents)."""
     latents = initial_latents(settings, seed, inverted).to(components.unet.device)
     cond, uncond = _prompt_embeddings(components, settings)
     latents = denoise(components.unet, components.scheduler, latents, cond, uncond,
                       settings.num_steps, settings.guidance_scale, progress=progress)
     return decode_video(components.vae, latents)
+
+
+def _inverted_for(seed: int, settings: GenerationSettings, prior: NoisePrior | None, components):
+    if prior is None or settings.noise_prior <= 0:
+        return None
+    file = prior.pick(seed)
+    logger.info("seed %d: noise prior %g from %s", seed, settings.noise_prior, file.name)
+    return prior.inverted(file, components)
 
 
 def _prompt_embeddings(components: Components, settings: GenerationSettings):
@@ -360,7 +363,8 @@ def generate_videos(components: Components, settings: GenerationSettings,
     written = []
     for i in my_share(len(seeds)):
         logger.info("video %d/%d: seed %d", i + 1, len(seeds), seeds[i])
-        frames = sample_video(components, settings, seeds[i], prior, progress=show)
+        inverted = _inverted_for(seeds[i], settings, prior, components)
+        frames = sample_video(components, settings, seeds[i], inverted, progress=show)
         written += write_outputs(frames, settings, seeds[i])
     return written
 

@@ -4,7 +4,7 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +56,10 @@ class Optimisers:
                 self.optimizers[name].step()
         if scaler is not None:
             scaler.update()
-        for scheduler in self.schedulers.values():
-            scheduler.step()
+        with warnings.catch_warnings():  # a path skipped this step still follows the global step's LR
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for scheduler in self.schedulers.values():
+                scheduler.step()
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
 

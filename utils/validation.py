@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 
 from models.lora import set_scale
-from models.pipeline import decode_video, denoise, encode_prompts
 from models.unet import disable_gradient_checkpointing, enable_gradient_checkpointing
 from utils.config import validation_prompts
-from utils.ddim import mix_noise_prior, prepare_prior_latents
+from utils.generate import GenerationSettings, sample_video
 from utils.video_io import write_video
 
 logger = logging.getLogger(__name__)
@@ -17,7 +16,10 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def log_validation(cfg, components, adapters, item: dict, samples_dir: Path, step: int, accelerator) -> list[Path]:
-    """Sample each validation prompt (or the clip's own) with spatial scale and noise prior from the config."""
+    """Sample each validation prompt (or the clip's own) with spatial scale and noise prior from the config.
+
+    As in the original, the noise prior comes from the clip of the last training step.
+    """
     vd = cfg.validation_data
     unet = components.unet
     unet.eval()
@@ -25,17 +27,20 @@ def log_validation(cfg, components, adapters, item: dict, samples_dir: Path, ste
     active = list(adapters.spatial[:1]) + ([adapters.temporal] if adapters.temporal else [])
     adapters.use(active=active, trainable=[])
     set_scale(unet, adapters.spatial[0], vd.spatial_scale)
+    inverted = item.get("inversion_noise") if vd.noise_prior > 0 else None
+    # The prior fixes the length: the original sampled as many frames as the cached clip has.
+    frames = inverted.shape[1] if inverted is not None else vd.num_frames
     written = []
     try:
         for prompt in validation_prompts(vd) or [item["prompt"]]:
-            latents = _initial_latents(vd, item, accelerator.device)
-            cond, uncond = encode_prompts(components.tokenizer, components.text_encoder, [prompt, ""]).chunk(2)
+            settings = GenerationSettings(prompt, width=vd.width, height=vd.height, num_frames=frames,
+                                          num_steps=vd.num_inference_steps, guidance_scale=vd.guidance_scale,
+                                          noise_prior=vd.noise_prior)
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # from the run's seeded RNG
             with accelerator.autocast():
-                latents = denoise(unet, components.scheduler, latents, cond, uncond,
-                                  vd.num_inference_steps, vd.guidance_scale)
-            frames = decode_video(components.vae, latents)[0]
+                video = sample_video(components, settings, seed, inverted)[0]
             path = Path(samples_dir) / f"{step}_{prompt.replace('.', '')}.mp4"
-            written.append(write_video(path, frames, fps=cfg.train_data.fps))
+            written.append(write_video(path, video, fps=cfg.train_data.fps))
             logger.info("saved a sample to %s", path)
     finally:
         set_scale(unet, adapters.spatial[0], 1.0)
@@ -43,15 +48,3 @@ def log_validation(cfg, components, adapters, item: dict, samples_dir: Path, ste
             enable_gradient_checkpointing(unet)
         unet.train()
     return written
-
-
-def _initial_latents(vd, item: dict, device) -> torch.Tensor:
-    shape = (1, 4, vd.num_frames, vd.height // 8, vd.width // 8)
-    noise = torch.randn(shape, device=device)
-    inverted = item.get("inversion_noise")
-    if vd.noise_prior <= 0 or inverted is None:
-        return noise
-    prior = prepare_prior_latents(inverted.to(device).float(), 1, inverted.shape[1], shape[3], shape[4])
-    if prior.shape != noise.shape:  # a clip of another length: the prior decides the frame count
-        noise = torch.randn_like(prior)
-    return mix_noise_prior(prior, noise, vd.noise_prior)

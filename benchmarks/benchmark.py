@@ -1,0 +1,653 @@
+"""Benchmark one MotionDirector setup: training step time and peak memory, latent caching,
+DDIM inversion and sampling, on the CPU or a GPU.
+
+    python benchmarks/benchmark.py --model models/tiny_t2v --width 64 --height 64 --frames 8 --rank 4
+    python benchmarks/benchmark.py --arch zeroscope --width 576 --height 320 --frames 16 \\
+        --precision fp16 --compare "" "--gradient-checkpointing"
+
+The training step is the real `utils.train_step.train_step` (spatial and temporal forward and
+backward) plus both AdamW steps, wired as `utils.trainer` wires them. Every step is seeded with
+`--seed + step`, so two setups see the same spatial-loss skips, noise and timesteps.
+`--original-order` replays the original code's per-step work instead (prompt re-encoded, both
+forwards before the backwards, non-fused AdamW) for a before/after on one machine.
+Prints a table, then one JSON line (always the last line of stdout) for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/benchmark.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names  # noqa: E402
+from models.pipeline import (  # noqa: E402
+    Components,
+    PromptCache,
+    decode_video,
+    denoise,
+    encode_prompts,
+    encode_video,
+    load_components,
+)
+from models.unet import (  # noqa: E402
+    apply_single_frame_rule,
+    disable_gradient_checkpointing,
+    enable_gradient_checkpointing,
+    set_attention_backend,
+)
+from utils import train_step as ts  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.ddim import ddim_inversion  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LORA_DROPOUT = 0.1  # the configs' lora_unet_dropout
+LEARNING_RATE, WEIGHT_DECAY = 5e-4, 1e-2
+PROMPT = "A car is running on the road."
+
+# ZeroScope v2 576w / ModelScope T2V: the real architecture, built here with random weights.
+ZEROSCOPE_UNET = dict(
+    sample_size=32, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
+    cross_attention_dim=1024, attention_head_dim=64,
+)
+SD2_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=768, scaling_factor=0.18215,
+)
+CLIP_VIT_H_TEXT = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+    hidden_act="gelu", max_position_embeddings=77, projection_dim=512, vocab_size=49408, pad_token_id=0,
+)
+
+# Dense peak TFLOP/s from NVIDIA's datasheets (sparsity figures halved); the first name match wins.
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
+    ("H100", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
+    ("H200", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
+    ("A5000", {"fp32": 27.8, "tf32": 55.6, "bf16": 111.1, "fp16": 111.1}),
+)
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", help="diffusers text-to-video folder (e.g. a ZeroScope clone)")
+    model.add_argument("--arch", choices=("tiny", "zeroscope"), default="tiny",
+                       help="random weights built in code when no --model: the tiny test model or the real "
+                            "ZeroScope v2 / ModelScope architecture (default tiny)")
+    p.add_argument("--video", help="training clip (default: a synthetic moving square)")
+    p.add_argument("--prompt", default=PROMPT, help="training prompt and sampling prompt")
+    p.add_argument("--width", type=int, default=64, help="frame width, a multiple of 8 (default 64)")
+    p.add_argument("--height", type=int, default=64, help="frame height, a multiple of 8 (default 64)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip, training and sampling (default 8)")
+    p.add_argument("--rank", type=int, default=32, help="LoRA rank of both paths (default 32)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps; the median is reported (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="step i is seeded with seed + i (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cuda when available)")
+    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32",
+                   help="frozen weights' dtype and autocast; LoRA weights stay fp32 (default fp32)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as the reference figures)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA in fp32")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet blocks in the backward")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time is in the warm-up)")
+    p.add_argument("--attention", choices=("sdpa", "xformers", "eager"), default="sdpa",
+                   help="attention processor: PyTorch SDPA, xformers, or diffusers' plain AttnProcessor")
+    p.add_argument("--no-prompt-cache", action="store_true", help="re-encode the prompt every step like the original")
+    p.add_argument("--no-fused-adam", action="store_true", help="plain AdamW on CUDA (fused is the trainer's default there)")
+    p.add_argument("--original-order", action="store_true",
+                   help="the original's step: prompt re-encoded, spatial graph kept alive through the temporal "
+                        "forward and backward (retain_graph), spatial optimiser stepped in between, plain AdamW")
+    p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
+    p.add_argument("--sample-steps", type=int, default=30, help="DDIM sampling steps (default 30)")
+    p.add_argument("--guidance-scale", type=float, default=12.0, help="classifier-free guidance (default 12)")
+    p.add_argument("--skip-caching", action="store_true", help="do not time latent caching and DDIM inversion")
+    p.add_argument("--skip-inversion", action="store_true", help="do not time DDIM inversion")
+    p.add_argument("--skip-sampling", action="store_true", help="do not time sampling")
+    p.add_argument("--count-flops", action="store_true", help="count training FLOPs on the CPU too (always on CUDA)")
+    p.add_argument("--compare", nargs=2, metavar=("FLAGS_A", "FLAGS_B"),
+                   help='run two setups in subprocesses and print them side by side, e.g. '
+                        '--compare "--original-order" ""; each is appended to the other arguments')
+    args = p.parse_args(argv)
+    for name in ("width", "height"):
+        if getattr(args, name) % 8:
+            raise UserError(f"--{name} must be a multiple of 8 (the VAE downsamples by 8), got {getattr(args, name)}")
+    if min(args.frames, args.steps, args.rank, args.threads) < 1 or args.warmup < 0:
+        raise UserError("--frames, --steps, --rank and --threads must be >= 1 and --warmup >= 0")
+    return args
+
+
+def split_compare(argv: list[str]) -> tuple[list[str], tuple[str, str] | None]:
+    """Take `--compare A B` out by hand: argparse would read a value such as "--compile" as an option."""
+    if "--compare" not in argv:
+        return argv, None
+    i = argv.index("--compare")
+    if len(argv) < i + 3:
+        raise UserError('--compare takes two quoted flag sets, e.g. --compare "--original-order" ""')
+    return argv[:i] + argv[i + 3:], (argv[i + 1], argv[i + 2])
+
+
+# ---------------------------------------------------------------- models and data
+
+def build_components(args, device: torch.device, dtype: torch.dtype) -> Components:
+    """Load `--model`, or build the `--arch` pipeline with random weights (nothing is downloaded)."""
+    if args.model:
+        return load_components(args.model, device, dtype)
+    from utils.tiny_model import build_tiny_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="md_bench_") as tmp:
+        if args.arch == "tiny":
+            return load_components(str(build_tiny_pipeline(Path(tmp) / "tiny_t2v", seed=0)), device, dtype)
+        return _zeroscope_components(Path(tmp), device, dtype)
+
+
+def _zeroscope_components(tmp: Path, device, dtype) -> Components:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from utils.tiny_model import SCHEDULER_CONFIG, write_tokenizer
+
+    write_tokenizer(tmp / "tokenizer")  # the tiny byte-level vocab: ids fit the real embedding table
+    tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer")
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the GPU directly: minutes faster for 1.4B parameters
+        unet = apply_single_frame_rule(UNet3DConditionModel(**ZEROSCOPE_UNET))
+        vae = AutoencoderKL(**SD2_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_VIT_H_TEXT, **ids))
+    for model in (unet, vae, text_encoder):
+        model.requires_grad_(False).to(dtype)
+    vae.eval()
+    text_encoder.eval()
+    scheduler = DDIMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if not k.startswith("_")})
+    return Components(tokenizer, text_encoder, vae, unet, scheduler)
+
+
+def load_clip(args) -> torch.Tensor:
+    """(F, 3, H, W) pixels in [-1, 1]: the first --frames frames of --video, or a synthetic clip."""
+    from utils.dataset import to_pixel_values
+    from utils.synthetic import moving_shape_frames
+    from utils.video_io import read_frames, video_info
+
+    if args.video is None:
+        frames = moving_shape_frames(args.frames, (args.width, args.height))
+    else:
+        count = video_info(args.video).num_frames
+        if count < args.frames:
+            logger.warning("%s has %d frames; repeating them to get %d", args.video, count, args.frames)
+        frames = read_frames(args.video, [i % count for i in range(args.frames)])
+    return to_pixel_values(frames, args.width, args.height)
+
+
+# ---------------------------------------------------------------- measuring
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the whole process's
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """max_memory_allocated on CUDA; the peak resident set size (whole process) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # every device
+
+
+def spatial_skipped(seed: int) -> bool:
+    """Whether train_step skips the spatial loss when seeded with `seed` (its first draw)."""
+    random.seed(seed)
+    return random.uniform(0, 1) < ts.SPATIAL_SKIP_PROB
+
+
+def peak_tflops(device: torch.device, precision: str, tf32: bool) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    key = "tf32" if precision == "fp32" and tf32 else precision
+    for model, peaks in PEAK_TFLOPS:
+        if model.lower() in name.lower():
+            return peaks[key]
+    return None
+
+
+# ---------------------------------------------------------------- the training step
+
+class TrainBench:
+    """One clip's latents, both LoRA paths and their optimisers on the UNet: what a step needs."""
+
+    def __init__(self, args, components: Components, latents: torch.Tensor, device: torch.device):
+        self.args, self.c, self.unet, self.latents, self.device = args, components, components.unet, latents, device
+        self.original = args.original_order
+        self.reencode = args.no_prompt_cache or self.original
+        self.fused = device.type == "cuda" and not (args.no_fused_adam or self.original)
+        self.autocast = nullcontext if args.precision == "fp32" else partial(torch.autocast, device.type, DTYPES[args.precision])
+        use_scaler = args.precision == "fp16" and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.spatial = spatial_adapter_names(1)[0]
+        torch.manual_seed(args.seed)  # LoRA init
+        for name in (TEMPORAL, self.spatial):
+            add_adapter(self.unet, name, args.rank, LORA_DROPOUT)
+        params = {name: adapter_parameters(self.unet, name) for name in (TEMPORAL, self.spatial)}
+        for plist in params.values():
+            for p in plist:  # trainable LoRA weights stay fp32 under fp16/bf16, as in the trainer
+                p.data = p.data.float()
+        self.adapters = ts.Adapters([self.spatial], params, lora_layers(self.unet), TEMPORAL)
+        self.optimisers = self._make_optimisers(params)
+        self.prompts = PromptCache(components.tokenizer, components.text_encoder)
+        self.settings = ts.StepSettings()
+        self.attention = self._set_attention(args.attention)
+        if args.gradient_checkpointing:
+            enable_gradient_checkpointing(self.unet)
+        self.unet.train()
+
+    def _make_optimisers(self, params):
+        from diffusers.optimization import get_scheduler
+
+        from utils.trainer import Optimisers
+
+        fused = {"fused": True} if self.fused else {}
+        optimizers = {name: torch.optim.AdamW(plist, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, **fused)
+                      for name, plist in params.items()}
+        schedulers = {name: get_scheduler("constant", optimizer=o) for name, o in optimizers.items()}
+        return Optimisers(optimizers, schedulers)
+
+    def _set_attention(self, kind: str) -> str:
+        if kind == "eager":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            self.unet.set_attn_processor(AttnProcessor())
+            return "eager"
+        return set_attention_backend(self.unet, xformers=kind == "xformers")
+
+    def compile(self) -> None:
+        self.unet.compile()
+
+    def embeddings(self) -> torch.Tensor:
+        if self.reencode:
+            return encode_prompts(self.c.tokenizer, self.c.text_encoder, [self.args.prompt])
+        return self.prompts([self.args.prompt])
+
+    def _backward(self, loss, retain_graph=False):
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward(retain_graph=retain_graph)
+
+    def step(self, seed: int) -> ts.StepLosses:
+        """One whole optimisation step (both paths), seeded."""
+        seed_everything(seed)
+        if self.original:
+            return self._original_step()
+        losses = self.forward_backward_seeded()
+        names = [n for n, ps in self.adapters.params.items() if any(p.grad is not None for p in ps)]
+        self.optimisers.step(names, self.scaler)
+        return losses
+
+    def forward_backward(self, seed: int) -> ts.StepLosses:
+        """Our step's forward and backward passes only (gradients are left in .grad)."""
+        seed_everything(seed)
+        return self.forward_backward_seeded()
+
+    def forward_backward_seeded(self) -> ts.StepLosses:
+        return ts.train_step(
+            self.unet, self.c.scheduler, self.latents, self.embeddings(), self.adapters, self.spatial,
+            self.settings, backward=self._backward, autocast=self.autocast,
+        )
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimisers.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def _original_step(self) -> ts.StepLosses:
+        """The original's order, drawing the same random numbers as train_step (same losses)."""
+        latents, scheduler = self.latents, self.c.scheduler
+        embeddings = self.embeddings()
+        skip_spatial = random.uniform(0, 1) < ts.SPATIAL_SKIP_PROB
+        noise = ts.sample_noise(latents, False, 0.0)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = ts.diffusion_target(scheduler, latents, noise, timesteps)
+        loss_spatial = None
+        if not skip_spatial:
+            self.adapters.use(active=[self.spatial], trainable=[self.spatial])
+            frame_in, frame_target = ts._spatial_sample(scheduler, noisy, target, timesteps, self.settings, None, None)
+            with self.autocast():
+                pred = self.unet(frame_in, timesteps, encoder_hidden_states=embeddings).sample
+            loss_spatial = F.mse_loss(pred[:, :, 0].float(), frame_target.float())
+        # The temporal forward runs while the spatial graph is alive; the spatial LoRA still
+        # takes gradients from it (wasted work in the original), through clones of its weights
+        # so the in-place spatial optimiser step below does not break the temporal backward.
+        active = [TEMPORAL] + ([] if skip_spatial else [self.spatial])
+        self.adapters.use(active=active, trainable=active)
+        with self._cloned_weights(None if skip_spatial else self.spatial):
+            with self.autocast():
+                pred = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+            anchor = torch.randint(0, pred.shape[2], (1,)).item()
+            loss_temporal = ts.temporal_loss(pred, target, anchor)
+            if loss_spatial is not None:
+                self._backward(loss_spatial, retain_graph=True)
+                self._optimiser_step(self.spatial)
+            self._backward(loss_temporal)
+            self._optimiser_step(TEMPORAL)
+        if self.scaler is not None:
+            self.scaler.update()
+        for lr_scheduler in self.optimisers.schedulers.values():
+            lr_scheduler.step()
+        self.zero_grad()
+        return ts.StepLosses(None if loss_spatial is None else loss_spatial.item(), loss_temporal.item())
+
+    def _optimiser_step(self, name: str) -> None:
+        optimizer = self.optimisers.optimizers[name]
+        self.scaler.step(optimizer) if self.scaler is not None else optimizer.step()
+
+    @contextmanager
+    def _cloned_weights(self, adapter: str | None):
+        """LoRA linears of `adapter` multiply by a clone of their weight, as the reference harness patched."""
+        modules = [] if adapter is None else [
+            m for layer in self.adapters.layers if adapter in layer.lora_A
+            for m in (layer.lora_A[adapter], layer.lora_B[adapter])
+        ]
+        for m in modules:
+            m.forward = partial(_cloned_linear, m)
+        try:
+            yield
+        finally:
+            for m in modules:
+                del m.forward
+
+
+def _cloned_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, module.weight.clone(), module.bias)
+
+
+def count_train_flops(bench: TrainBench, seeds: list[int]) -> int:
+    """Model FLOPs (no recomputation) of our forward/backward over the given steps' seeds.
+
+    One skipped and one full step are counted and reused, since only the skip changes the work.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if bench.args.gradient_checkpointing:
+        disable_gradient_checkpointing(bench.unet)
+    per_kind = {}
+    try:
+        for seed in seeds:
+            kind = spatial_skipped(seed)
+            if kind not in per_kind:
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    bench.forward_backward(seed)
+                bench.zero_grad()
+                per_kind[kind] = counter.get_total_flops()
+    finally:
+        if bench.args.gradient_checkpointing:
+            enable_gradient_checkpointing(bench.unet)
+    return sum(per_kind[spatial_skipped(s)] for s in seeds)
+
+
+# ---------------------------------------------------------------- the parts of one run
+
+def time_caching(components: Components, pixels: torch.Tensor, device) -> tuple[torch.Tensor, float]:
+    """VAE-encode the clip (what latent caching does once per clip), after a one-frame warm-up."""
+    encode_video(components.vae, pixels[None, :1])
+    latents, seconds = timed(lambda: encode_video(components.vae, pixels[None]), device)
+    return latents.float(), seconds
+
+
+def time_inversion(components: Components, latents: torch.Tensor, steps: int, device) -> float:
+    """DDIM inversion of the clip with the empty prompt, as the latent cache does (UNet without LoRA)."""
+    unet = components.unet
+    unet.eval()
+    empty = encode_prompts(components.tokenizer, components.text_encoder, [""])
+    latents = latents.to(unet.dtype)
+    ddim_inversion(unet, components.scheduler, latents, empty, 1)  # warm-up
+    _, seconds = timed(lambda: ddim_inversion(unet, components.scheduler, latents, empty, steps), device)
+    return seconds
+
+
+def time_sampling(bench: TrainBench, args, device) -> tuple[float, float]:
+    """One video: DDIM with guidance through the temporal LoRA, then VAE decode; (seconds, peak MB)."""
+    unet, c = bench.unet, bench.c
+    unet.eval()
+    disable_gradient_checkpointing(unet)
+    bench.adapters.use(active=[TEMPORAL], trainable=[])
+    cond, uncond = encode_prompts(c.tokenizer, c.text_encoder, [args.prompt, ""]).chunk(2)
+    torch.manual_seed(args.seed)
+    latents = torch.randn(1, 4, args.frames, args.height // 8, args.width // 8, device=device)
+
+    def sample(steps):
+        with bench.autocast():
+            out = denoise(unet, c.scheduler, latents, cond, uncond, steps, args.guidance_scale)
+        return decode_video(c.vae, out)
+
+    sample(1)  # warm-up (and compilation with --compile)
+    reset_peak_memory(device)
+    _, seconds = timed(lambda: sample(args.sample_steps), device)
+    return seconds, peak_memory_mb(device)
+
+
+def time_training(bench: TrainBench, args, device) -> dict:
+    seeds = [args.seed + i for i in range(args.warmup + args.steps)]
+    reset_peak_memory(device)
+    times, losses = [], []
+    for i, seed in enumerate(seeds):
+        step_losses, seconds = timed(lambda: bench.step(seed), device)
+        if i >= args.warmup:
+            times.append(seconds)
+            losses.append([step_losses.spatial, step_losses.temporal])
+    timed_seeds = seeds[args.warmup:]
+    return {
+        "train_s_per_step": statistics.median(times),
+        "train_s_min": min(times),
+        "train_s_max": max(times),
+        "train_s_total": sum(times),
+        "spatial_skipped_steps": sum(spatial_skipped(s) for s in timed_seeds),
+        "peak_mem_mb": peak_memory_mb(device),
+        "losses": losses,
+        "timed_seeds": timed_seeds,
+    }
+
+
+def run(args) -> dict:
+    """Measure one setup; returns the result dict printed as the JSON line."""
+    from utils.cli import resolve_device
+
+    device = torch.device(resolve_device(args.device))
+    torch.set_num_threads(args.threads)
+    if args.tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    load_start = os.getloadavg()[0]
+    if args.arch == "zeroscope" and not args.model and device.type == "cpu":
+        logger.warning("--arch zeroscope on the CPU is very slow (1.4B-parameter UNet): expect minutes per step")
+    dtype = DTYPES[args.precision]
+    components = build_components(args, device, dtype)
+    pixels = load_clip(args).to(device, dtype)
+    result = {"cache_s": None, "inversion_s": None, "sample_s_per_video": None, "sample_peak_mem_mb": None}
+
+    if args.skip_caching:
+        latents = encode_video(components.vae, pixels[None]).float()
+    else:
+        latents, result["cache_s"] = time_caching(components, pixels, device)
+        if not args.skip_inversion:
+            result["inversion_s"] = time_inversion(components, latents, args.inversion_steps, device)
+
+    bench = TrainBench(args, components, latents, device)
+    seeds = [args.seed + args.warmup + i for i in range(args.steps)]
+    flops = count_train_flops(bench, seeds) if device.type == "cuda" or args.count_flops else None
+    if args.compile:
+        bench.compile()
+    result.update(time_training(bench, args, device))
+    peak = peak_tflops(device, args.precision, args.tf32)
+    result["train_flops_per_step"] = None if flops is None else flops / args.steps
+    result["mfu"] = None if flops is None or peak is None else flops / result["train_s_total"] / (peak * 1e12)
+
+    if not args.skip_sampling:
+        result["sample_s_per_video"], result["sample_peak_mem_mb"] = time_sampling(bench, args, device)
+
+    setup = {k: v for k, v in vars(args).items() if k != "compare"}
+    setup.update(attention=bench.attention, prompt_cache=not bench.reencode, fused_adam=bench.fused)
+    result.update(
+        device=device.type,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        threads=args.threads,
+        peak_mem_kind="cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM) of the process",
+        peak_tflops=peak,
+        load_avg_1m=[round(load_start, 2), round(os.getloadavg()[0], 2)],
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        torch=torch.__version__,
+        setup=setup,
+    )
+    return result
+
+
+# ---------------------------------------------------------------- output
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}{unit}"
+    return f"{value}{unit}"
+
+
+def rows(r: dict) -> list[tuple[str, str, str]]:
+    s = r["setup"]
+    flops = r["train_flops_per_step"]
+    return [
+        ("train step (s)", _fmt(r["train_s_per_step"]),
+         f"median of {s['steps']} (min {r['train_s_min']:.4g}, max {r['train_s_max']:.4g}); "
+         f"spatial loss skipped on {r['spatial_skipped_steps']}"),
+        ("peak memory, training (MB)", _fmt(r["peak_mem_mb"], ""), r["peak_mem_kind"]),
+        ("latent caching (s)", _fmt(r["cache_s"]), "VAE encode of the clip"),
+        ("DDIM inversion (s)", _fmt(r["inversion_s"]), f"{s['inversion_steps']} steps"),
+        ("sampling (s/video)", _fmt(r["sample_s_per_video"]),
+         f"{s['sample_steps']} DDIM steps, guidance {s['guidance_scale']:g}, + VAE decode"),
+        ("peak memory, sampling (MB)", _fmt(r["sample_peak_mem_mb"]), ""),
+        ("train GFLOP/step", "n/a" if flops is None else f"{flops / 1e9:.4g}", "model FLOPs, no recomputation"),
+        ("MFU", "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.2f}%",
+         "n/a" if r["peak_tflops"] is None else f"of {r['peak_tflops']:g} TFLOP/s peak"),
+    ]
+
+
+def describe(r: dict) -> str:
+    s = r["setup"]
+    model = s["model"] or f"{s['arch']} (random weights)"
+    flags = [name for name in ("original_order", "gradient_checkpointing", "compile", "tf32") if s[name]]
+    return (f"{model}, {s['width']}x{s['height']}x{s['frames']} frames, rank {s['rank']}, "
+            f"{r['device']} ({r['device_name']}), {r['threads']} threads, {s['precision']}, "
+            f"attention {s['attention']}, prompt cache {'on' if s['prompt_cache'] else 'off'}, "
+            f"fused AdamW {'on' if s['fused_adam'] else 'off'}" + "".join(f", {f}" for f in flags)
+            + f"; load avg {r['load_avg_1m'][0]} -> {r['load_avg_1m'][1]}")
+
+
+def print_result(r: dict) -> None:
+    print(describe(r))
+    width = max(len(name) for name, _, _ in rows(r))
+    for name, value, note in rows(r):
+        print(f"  {name:<{width}}  {value:>10}  {note}")
+
+
+def print_comparison(flag_sets, results) -> None:
+    for label, flags, r in zip("AB", flag_sets, results):
+        print(f"{label} [{flags or 'defaults'}]: {describe(r)}")
+    table_a, table_b = rows(results[0]), rows(results[1])
+    width = max(len(name) for name, _, _ in table_a)
+    print(f"  {'':<{width}}  {'A':>10}  {'B':>10}  {'B/A':>6}")
+    for (name, a, _), (_, b, _) in zip(table_a, table_b):
+        try:
+            ratio = f"{float(b.rstrip('%')) / float(a.rstrip('%')):.3g}"
+        except (ValueError, ZeroDivisionError):
+            ratio = ""
+        print(f"  {name:<{width}}  {a:>10}  {b:>10}  {ratio:>6}")
+
+
+def run_compare(base_argv: list[str], flag_sets: tuple[str, str]) -> dict:
+    """Each setup in its own process, so its peak memory is its own."""
+    results = []
+    for flags in flag_sets:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *base_argv, *shlex.split(flags)]
+        logger.info("running setup [%s]", flags or "defaults")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"setup [{flags}] failed with exit code {proc.returncode} (its error is above)")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print_comparison(flag_sets, results)
+    a, b = results
+    ratios = {k: b[k] / a[k] for k in ("train_s_per_step", "peak_mem_mb", "sample_s_per_video")
+              if a.get(k) and b.get(k) is not None}
+    return {"compare": list(flag_sets), "results": results, "b_over_a": ratios}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base, flag_sets = split_compare(argv)
+    if flag_sets is not None:
+        parse_args(base)  # fail early on a bad common flag
+        result = run_compare(base, flag_sets)
+    else:
+        result = run(parse_args(argv))
+        print_result(result)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
