@@ -518,6 +518,7 @@ def run(args) -> dict:
     if args.arch == "zeroscope" and not args.model and device.type == "cpu":
         logger.warning("--arch zeroscope on the CPU is very slow (1.4B-parameter UNet): expect minutes per step")
     dtype = DTYPES[args.precision]
+    seed_everything(args.seed)  # the same latents (sampled from the VAE posterior) in every setup
     components = build_components(args, device, dtype)
     pixels = load_clip(args).to(device, dtype)
     result = {"cache_s": None, "inversion_s": None, "sample_s_per_video": None, "sample_peak_mem_mb": None}

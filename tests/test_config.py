@@ -136,3 +136,8 @@ def test_save_config_round_trips(path, tmp_path):
     out = tmp_path / "run" / "config.yaml"
     save_config(cfg, str(out))
     assert load_config(str(out)) == cfg
+
+
+def test_bare_no_for_mixed_precision_means_no():
+    cfg = load_config(str(Path(__file__).parent.parent / "configs" / "config_tiny_cpu.yaml"), ["mixed_precision=no"])
+    assert cfg.mixed_precision == "no"

@@ -190,3 +190,24 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
             *_overrides(tmp_path / "nowhere", tmp_path / "out")]
     assert run_cli(MotionDirector_train.main, argv) == 2
     assert "model folder not found" in capsys.readouterr().err
+
+
+def test_image_config_trains_only_the_spatial_path_with_flips(tiny_model_dir, tmp_path):
+    from utils.trainer import run
+
+    overrides = [
+        f"pretrained_model_path={tiny_model_dir}", f"output_dir={tmp_path}",
+        "train_data.width=64", "train_data.height=64", "train_data.use_bucketing=false",
+        f"train_data.image_dir={REPO / 'test_data' / 'images'}",
+        "validation_data.width=64", "validation_data.height=64", "validation_data.num_frames=2",
+        "validation_data.num_inference_steps=2", "lora_rank=4", "max_train_steps=3",
+        "checkpointing_steps=3", "validation_steps=3", "mixed_precision=no", "gradient_checkpointing=true",
+        "random_hflip_img=1.0", "seed=1", "logger_type=none",
+    ]
+    run_dir = run(load_config(str(REPO / "configs" / "config_single_image.yaml"), overrides))
+    assert (run_dir / "spatial" / "lora" / "3_unet.safetensors").is_file()
+    assert not (run_dir / "temporal").exists()
+    cached = torch.load(run_dir / "cached_latents" / "cached_0.pt", weights_only=False)
+    assert cached["latents"].shape == (4, 1, 8, 8) and "pixel_values" in cached  # kept for flips
+    spatial = load_file(run_dir / "spatial" / "lora" / "3_unet.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in spatial.items() if "lora_B" in k)

@@ -170,6 +170,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Schema, then the YAML file, then command-line overrides; typo-proof."""
     merged = _merge(OmegaConf.structured(TrainConfig), _read_yaml(path), path)
     merged = _merge(merged, _parse_overrides(overrides), "command-line overrides")
+    # YAML 1.1 reads a bare `no` as false, so `mixed_precision=no` arrives as "False".
+    if str(merged.mixed_precision).lower() in ("false", "none"):
+        merged.mixed_precision = "no"
     _warn_ignored(merged)
     return merged
 
