@@ -97,3 +97,27 @@ def test_short_video_is_used_with_a_warning(caplog, tiny_model_dir, tmp_path):
         dataset = build_dataset(cfg.train_data, ["single_video"])
     assert dataset[0]["pixel_values"].shape[0] == 3
     assert any("short" in r.message.lower() or "frames" in r.message for r in caplog.records)
+
+
+def test_out_of_gpu_memory_gets_advice(capsys):
+    import torch
+
+    def main(argv):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    code = run_cli(main, [])
+    _assert_one_line(code, capsys.readouterr().err.strip(), "out of GPU memory", "gradient_checkpointing")
+
+
+def test_cuda_requested_without_cuda(capsys, tmp_path):
+    import torch
+
+    import MotionDirector_inference
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    (tmp_path / "run" / "temporal" / "lora").mkdir(parents=True)
+    (tmp_path / "run" / "temporal" / "lora" / "1_unet.safetensors").write_bytes(b"")
+    argv = ["-m", str(tmp_path), "-p", "x", "-cf", str(tmp_path / "run"), "-d", "cuda", "-o", str(tmp_path / "out")]
+    code = run_cli(MotionDirector_inference.main, argv)
+    _assert_one_line(code, capsys.readouterr().err.strip(), "CUDA is not available", "--device cpu")
