@@ -346,14 +346,25 @@ class _Loop:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _sync_gradients(self):
-        """Average LoRA gradients across processes (the UNet is not wrapped in DDP: paths alternate)."""
+        """Average LoRA gradients across processes (the UNet is not wrapped in DDP: paths alternate).
+
+        Only adapters some process used this step are reduced; the others keep no gradient, so
+        their optimisers do not step (no weight decay on a clip nobody trained on).
+        """
         if self.acc.num_processes == 1:
             return
-        for params in self.adapters.params.values():
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad = self.acc.reduce(p.grad, reduction="mean")
+        names = list(self.adapters.params)
+        used = torch.tensor([any(p.grad is not None for p in self.adapters.params[n]) for n in names],
+                            dtype=torch.float32, device=self.acc.device)
+        used = self.acc.reduce(used, reduction="sum")
+        for name, was_used in zip(names, used.tolist()):
+            if not was_used:
+                continue
+            params = self.adapters.params[name]
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+            flat = self.acc.reduce(flat, reduction="mean")  # one collective per adapter, not per tensor
+            for p, grad in zip(params, flat.split([p.numel() for p in params])):
+                p.grad = grad.view_as(p)
 
     def _check_finite(self, losses, step):
         for name, value in (("spatial", losses.spatial_sum), ("temporal", losses.temporal_sum)):
