@@ -101,9 +101,9 @@ def run(cfg) -> Path:
     unet = components.unet
     adapters = _add_adapters(cfg, unet, len(items), resume_from)
     optimisers = _make_optimisers(cfg, adapters, accelerator.device)
-    start_step = _resume(resume_from, optimisers) if resume_from else 0
     _prepare_unet(cfg, unet)
     trainer = _Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
+    start_step = trainer.resume(resume_from) if resume_from else 0
     trainer.train(start_step)
     accelerator.end_training()
     return run_dir
@@ -233,14 +233,6 @@ def _prepare_unet(cfg, unet) -> None:
     unet.train()
 
 
-def _resume(checkpoint: Path, optimisers: Optimisers) -> int:
-    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
-    optimisers.load_state_dict(state["optimisers"])
-    set_rng_state(state["rng"])
-    logger.info("resumed from %s at step %d", checkpoint, state["step"])
-    return state["step"]
-
-
 class _Loop:
     """The training loop; holds what every step needs."""
 
@@ -261,6 +253,16 @@ class _Loop:
         use_scaler = cfg.mixed_precision == "fp16" and accelerator.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.stop_signal = None
+
+    def resume(self, checkpoint: Path) -> int:
+        """Optimisers, LR schedulers, grad scaler and RNG of `checkpoint` (adapters are loaded already)."""
+        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+        self.optimisers.load_state_dict(state["optimisers"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        set_rng_state(state["rng"])
+        logger.info("resumed from %s at step %d", checkpoint, state["step"])
+        return state["step"]
 
     def train(self, start_step: int) -> None:
         cfg = self.cfg
@@ -384,7 +386,8 @@ class _Loop:
     def _checkpoint(self, step: int) -> None:
         if not self.acc.is_main_process:
             return
-        state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rng_state()}
+        state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rng_state(),
+                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
         path = save_checkpoint(
             self.run_dir, step, self.c.unet, self.adapters.spatial, self.adapters.temporal is not None, state
         )
