@@ -1,5 +1,6 @@
 """Train MotionDirector: `python MotionDirector_train.py --config configs/<name>.yaml [key=value ...]`."""
 
+import os
 import sys
 
 from utils.cli import run_cli
@@ -13,7 +14,8 @@ def main(argv: list[str]) -> None:
     cfg = load_config(config_path, overrides)
     validate_config(cfg)
     run_dir = run(cfg)
-    print(f"run folder: {run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
+        print(f"run folder: {run_dir}")
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def _zeroscope_components(tmp: Path, device, dtype) -> Components:
         model.requires_grad_(False).to(dtype)
     vae.eval()
     text_encoder.eval()
-    scheduler = DDIMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if not k.startswith("_")})
+    scheduler = DDIMScheduler.from_config(SCHEDULER_CONFIG)
     return Components(tokenizer, text_encoder, vae, unet, scheduler)
 
 
@@ -511,6 +511,8 @@ def run(args) -> dict:
     from utils.cli import resolve_device
 
     device = torch.device(resolve_device(args.device))
+    if args.precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA (the trainer refuses it on the CPU too); use bf16 or fp32")
     torch.set_num_threads(args.threads)
     if args.tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -118,9 +118,21 @@ def _adapters(root: Path, step: int) -> dict:
     return {str(f.relative_to(root)): load_file(f) for f in sorted(root.glob(f"*/lora*/{step}_unet.safetensors"))}
 
 
-def _max_difference(a: dict, b: dict) -> float:
+def _assert_close(a: dict, b: dict, tolerance: float) -> None:
     assert a.keys() == b.keys()
-    return max((a[f][k] - b[f][k]).abs().max().item() for f in a for k in a[f])
+    for file in a:
+        difference = max((a[file][k] - b[file][k]).abs().max().item() for k in a[file])
+        assert difference < tolerance, f"{file} differs by {difference:.3g}"
+
+
+def _logged_steps(logs: Path, tag: str) -> set[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for folder in sorted({p.parent for p in logs.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(folder)).Reload()
+        if tag in events.Tags()["scalars"]:
+            return {e.step for e in events.Scalars(tag)}
+    raise AssertionError(f"no {tag} in the event files under {logs}")
 
 
 def _files(root: Path) -> list[str]:
@@ -129,24 +141,31 @@ def _files(root: Path) -> list[str]:
 
 def test_two_processes_resume_a_run_to_the_single_process_result(tiny_model_dir, tmp_path):
     """Both processes see the same clip and the same random numbers, so averaging their
-    gradients must reproduce the single-process run exactly: resumed at step 2 with two
-    processes, steps 3-4 end where the uninterrupted single-process run ended."""
+    gradients must reproduce the single-process run exactly: resumed at step 4 with two
+    processes, steps 5-8 end where the uninterrupted single-process run ended. Some of those
+    steps skip the spatial loss (p = 0.2); a process must then not step the spatial optimiser,
+    as a single process does not."""
     from utils.trainer import run
 
-    single = run(load_config(str(CONFIG), _overrides(tiny_model_dir, tmp_path)))
-    expected = _adapters(single, 4)
-    assert set(expected) == {"spatial/lora/4_unet.safetensors", "temporal/lora/4_unet.safetensors"}
+    settings = {"max_train_steps": 8, "checkpointing_steps": 4, "validation_steps": 8}
+    single = run(load_config(str(CONFIG), _overrides(tiny_model_dir, tmp_path, logger_type="tensorboard",
+                                                     **settings)))
+    spatial_steps = _logged_steps(single / "logs", "loss_spatial")
+    assert set(range(5, 9)) - spatial_steps, "no step without a spatial loss in 5-8: pick another seed"
+    expected = _adapters(single, 8)
+    assert set(expected) == {"spatial/lora/8_unet.safetensors", "temporal/lora/8_unet.safetensors"}
     before = _files(single)
 
     result = _launch(["MotionDirector_train.py", "--config", CONFIG,
-                      *_overrides(tiny_model_dir, tmp_path, resume_from_checkpoint=single / "checkpoint-2")])
+                      *_overrides(tiny_model_dir, tmp_path, resume_from_checkpoint=single / "checkpoint-4",
+                                  **settings)])
     printed = {line.split("run folder: ")[1] for line in result.stdout.splitlines() if "run folder: " in line}
     assert printed == {str(single)}, result.stdout[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == [single.name]  # resumed in place, no second run folder
     assert _files(single) == before  # the same files, rewritten, none added
-    assert _max_difference(_adapters(single, 4), expected) < 1e-6
-    state = torch.load(single / "checkpoint-4" / STATE_FILE, weights_only=False)
-    assert state["step"] == 4
+    _assert_close(_adapters(single, 8), expected, 1e-6)
+    state = torch.load(single / "checkpoint-8" / STATE_FILE, weights_only=False)
+    assert state["step"] == 8
 
 
 def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
@@ -175,7 +194,7 @@ def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
     assert len(records["rank0.json"]["adapters"]) == 3  # temporal + one spatial LoRA per clip
 
     (run_dir,) = out.iterdir()
-    assert _files(run_dir) == [
+    assert _files(run_dir) == sorted([
         "cached_latents/cached_0.pt", "cached_latents/cached_1.pt",
         f"checkpoint-2/{STATE_FILE}",
         "checkpoint-2/spatial/lora/2_unet.safetensors", "checkpoint-2/spatial/lora_video1/2_unet.safetensors",
@@ -184,7 +203,7 @@ def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
         "samples/3_A ball is moving to the right.mp4",
         "spatial/lora/3_unet.safetensors", "spatial/lora_video1/3_unet.safetensors",
         "temporal/lora/3_unet.safetensors",
-    ]
+    ])
     unet = load_unet(str(tiny_model_dir))
     for folder, name in ((run_dir / "temporal/lora", TEMPORAL), (run_dir / "spatial/lora", SPATIAL),
                          (run_dir / "spatial/lora_video1", f"{SPATIAL}_1")):
@@ -195,7 +214,7 @@ def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
 
 def test_inference_splits_repeats_across_processes(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    _train_minimal_run(tiny_model_dir, run_dir)
+    _untrained_run(tiny_model_dir, run_dir)
     out = tmp_path / "videos"
     result = _launch(["MotionDirector_inference.py", "--model", tiny_model_dir, "--prompt", "A car is running.",
                       "--checkpoint_folder", run_dir, "--output_dir", out, "--repeat_num", 3, "--seed", 7,
@@ -206,7 +225,7 @@ def test_inference_splits_repeats_across_processes(tiny_model_dir, tmp_path):
     assert len(digests) == 3
 
 
-def _train_minimal_run(model_dir: Path, run_dir: Path) -> None:
+def _untrained_run(model_dir: Path, run_dir: Path) -> None:
     """A run folder with a temporal LoRA, without training: inference only needs the files."""
     from models.lora import add_adapter
     from models.lora_io import save_adapter

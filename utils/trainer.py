@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from accelerate.utils.imports import is_tensorboard_available, is_wandb_available
 from omegaconf import OmegaConf
 from diffusers.optimization import get_scheduler
@@ -82,7 +82,8 @@ class StopRequested(Exception):
 
 def run(cfg) -> Path:
     """Train as the config says; returns the run folder."""
-    state = PartialState()
+    # Without CUDA, accelerate forms a process group only when told the processes run on the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
     if cfg.mixed_precision == "fp16" and state.device.type != "cuda":
         raise UserError(f"mixed_precision: fp16 needs a CUDA GPU but training runs on {state.device.type}; "
                         "set mixed_precision=no (or bf16)")
@@ -100,6 +101,7 @@ def run(cfg) -> Path:
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     unet = components.unet
     adapters = _add_adapters(cfg, unet, len(items), resume_from)
+    _broadcast_from_main(adapters, state)
     optimisers = _make_optimisers(cfg, adapters, accelerator.device)
     _prepare_unet(cfg, unet)
     trainer = _Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
@@ -133,7 +135,10 @@ def _make_accelerator(cfg, run_dir: Path) -> Accelerator:
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker, project_config=project)
     if tracker is not None:
-        accelerator.init_trackers("motiondirector", config=_flat_config(cfg))
+        # wandb writes into its `dir` (else ./wandb of the working directory), which must exist
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        accelerator.init_trackers("motiondirector", config=_flat_config(cfg),
+                                  init_kwargs={"wandb": {"dir": str(run_dir / "logs")}})
     return accelerator
 
 
@@ -182,6 +187,16 @@ def _add_adapters(cfg, unet, num_items: int, resume_from: Path | None) -> Adapte
         for p in plist:  # trainable LoRA weights stay float32 under fp16/bf16 (frozen UNet is cast)
             p.data = p.data.float()
     return Adapters(spatial, params, lora_layers(unet), TEMPORAL if cfg.train_temporal_lora else None)
+
+
+def _broadcast_from_main(adapters: Adapters, state) -> None:
+    """Every process starts from the main process's LoRA weights (what DDP does on wrapping):
+    their random inits differ once the main process has drawn random numbers while caching."""
+    if state.num_processes == 1:
+        return
+    for params in adapters.params.values():
+        for p in params:
+            p.data = broadcast(p.data.contiguous(), from_process=0)
 
 
 def _initial_lora_folder(cfg, name, spatial_names, resume_from):
