@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -98,7 +99,8 @@ PEAK_TFLOPS = (
 # ---------------------------------------------------------------- command line
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model", help="diffusers text-to-video folder (e.g. a ZeroScope clone)")
     model.add_argument("--arch", choices=("tiny", "zeroscope"), default="tiny",
@@ -123,7 +125,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attention", choices=("sdpa", "xformers", "eager"), default="sdpa",
                    help="attention processor: PyTorch SDPA, xformers, or diffusers' plain AttnProcessor")
     p.add_argument("--no-prompt-cache", action="store_true", help="re-encode the prompt every step like the original")
-    p.add_argument("--no-fused-adam", action="store_true", help="plain AdamW on CUDA (fused is the trainer's default there)")
+    p.add_argument("--no-fused-adam", action="store_true",
+                   help="plain AdamW on CUDA (fused is the trainer's default there)")
     p.add_argument("--original-order", action="store_true",
                    help="the original's step: prompt re-encoded, spatial graph kept alive through the temporal "
                         "forward and backward (retain_graph), spatial optimiser stepped in between, plain AdamW")
@@ -281,7 +284,8 @@ class TrainBench:
         self.original = args.original_order
         self.reencode = args.no_prompt_cache or self.original
         self.fused = device.type == "cuda" and not (args.no_fused_adam or self.original)
-        self.autocast = nullcontext if args.precision == "fp32" else partial(torch.autocast, device.type, DTYPES[args.precision])
+        mixed = args.precision != "fp32"
+        self.autocast = partial(torch.autocast, device.type, DTYPES[args.precision]) if mixed else nullcontext
         use_scaler = args.precision == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.spatial = spatial_adapter_names(1)[0]
@@ -361,7 +365,7 @@ class TrainBench:
         latents, scheduler = self.latents, self.c.scheduler
         embeddings = self.embeddings()
         skip_spatial = random.uniform(0, 1) < ts.SPATIAL_SKIP_PROB
-        noise = ts.sample_noise(latents, False, 0.0)
+        noise = ts.sample_noise(latents, self.settings.use_offset_noise, self.settings.offset_noise_strength)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = ts.diffusion_target(scheduler, latents, noise, timesteps)
@@ -389,14 +393,19 @@ class TrainBench:
             self._optimiser_step(TEMPORAL)
         if self.scaler is not None:
             self.scaler.update()
-        for lr_scheduler in self.optimisers.schedulers.values():
-            lr_scheduler.step()
+        with warnings.catch_warnings():  # a skipped spatial path has not stepped its optimiser
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for lr_scheduler in self.optimisers.schedulers.values():
+                lr_scheduler.step()
         self.zero_grad()
         return ts.StepLosses(None if loss_spatial is None else loss_spatial.item(), loss_temporal.item())
 
     def _optimiser_step(self, name: str) -> None:
         optimizer = self.optimisers.optimizers[name]
-        self.scaler.step(optimizer) if self.scaler is not None else optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
 
     @contextmanager
     def _cloned_weights(self, adapter: str | None):

@@ -2,14 +2,15 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from models.pipeline import PromptCache, encode_prompts
 from models.unet import disable_gradient_checkpointing, enable_gradient_checkpointing
-from tests.conftest import REPO
 
+REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("benchmark", REPO / "benchmarks" / "benchmark.py")
 benchmark = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark)
@@ -52,6 +53,11 @@ def test_cli_prints_a_json_line_with_positive_figures(tiny_model_dir, capsys):
     assert result["device"] == "cpu" and result["threads"] == 1 and result["mfu"] is None
     assert result["setup"]["rank"] == 4 and result["setup"]["attention"] == "sdpa"
     assert any("train step (s)" in line for line in out[:-1])
+
+
+def test_fp16_on_the_cpu_is_refused(tiny_model_dir):
+    with pytest.raises(benchmark.UserError, match="fp16"):
+        benchmark.run(benchmark.parse_args(["--model", str(tiny_model_dir), "--device", "cpu", "--precision", "fp16"]))
 
 
 def test_compare_flags_are_taken_out_verbatim():
