@@ -126,7 +126,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="attention processor: PyTorch SDPA, xformers, or diffusers' plain AttnProcessor")
     p.add_argument("--no-prompt-cache", action="store_true", help="re-encode the prompt every step like the original")
     p.add_argument("--no-fused-adam", action="store_true",
-                   help="plain AdamW on CUDA (fused is the trainer's default there)")
+                   help="plain AdamW (fused is the trainer's default on every device)")
     p.add_argument("--original-order", action="store_true",
                    help="the original's step: prompt re-encoded, spatial graph kept alive through the temporal "
                         "forward and backward (retain_graph), spatial optimiser stepped in between, plain AdamW")
@@ -283,7 +283,7 @@ class TrainBench:
         self.args, self.c, self.unet, self.latents, self.device = args, components, components.unet, latents, device
         self.original = args.original_order
         self.reencode = args.no_prompt_cache or self.original
-        self.fused = device.type == "cuda" and not (args.no_fused_adam or self.original)
+        self.fused = not (args.no_fused_adam or self.original)  # the trainer fuses on every device
         mixed = args.precision != "fp32"
         self.autocast = partial(torch.autocast, device.type, DTYPES[args.precision]) if mixed else nullcontext
         use_scaler = args.precision == "fp16" and device.type == "cuda"
