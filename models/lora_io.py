@@ -33,14 +33,14 @@ def save_adapter(unet: torch.nn.Module, adapter_name: str, file: Path) -> Path:
     """Write one adapter as safetensors + config metadata (atomically: temp file, then rename)."""
     state = adapter_state_dict(unet, adapter_name)
     ranks = {k[: -len(".lora_A.weight")]: v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
+    most_common_rank = max(set(ranks.values()), key=list(ranks.values()).count)
     config = {
-        "r": max(set(ranks.values()), key=list(ranks.values()).count),
-        "lora_alpha": "r",  # alpha equals each layer's rank: the LoRA term is scale * up(down(x))
+        "r": most_common_rank,
+        "lora_alpha": most_common_rank,  # alpha = each layer's rank: the LoRA term is scale * up(down(x))
         "target_modules": sorted(ranks),
         "rank_pattern": ranks,
         "path": path_of(adapter_name),
     }
-    config["lora_alpha"] = config["r"]
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.name + ".tmp")

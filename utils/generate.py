@@ -24,14 +24,13 @@ from models.lora import activate, adapter_names
 from models.lora_io import load_adapter
 from models.pipeline import Components, decode_video, denoise, encode_prompts, load_components
 from models.unet import set_attention_backend
-from utils.ddim import ddim_inversion, mix_noise_prior, prepare_prior_latents
+from utils.ddim import mix_noise_prior, prepare_prior_latents
 from utils.errors import UserError
-from utils.latent_cache import cached_files
+from utils.latent_cache import cached_files, invert_clip
 from utils.video_io import write_video
 
 logger = logging.getLogger(__name__)
 
-INVERSION_STEPS = 50  # what the original inverts with, at training and at inference
 VAE_SCALE = 8
 # The original's random seed range when none is given.
 SEED_RANGE = (100, 10_000_000)
@@ -252,19 +251,6 @@ class NoisePrior:
             entry["inversion_noise"] = invert_clip(entry["latents"], components)
             write_back(file, entry)
         return entry["inversion_noise"].float()
-
-
-def invert_clip(latents: torch.Tensor, components: Components) -> torch.Tensor:
-    """50-step DDIM inversion with the empty prompt through the UNet as loaded.
-
-    The original inverted at inference through its pipeline, i.e. with the LoRA it had loaded.
-    """
-    logger.info("DDIM-inverting the cached training clip (%d steps, once per clip)", INVERSION_STEPS)
-    unet = components.unet
-    empty = encode_prompts(components.tokenizer, components.text_encoder, [""]).to(unet.dtype)
-    clip = latents[None].to(unet.device, unet.dtype)
-    inverted = ddim_inversion(unet, components.scheduler, clip, empty, INVERSION_STEPS)
-    return inverted[0].float().cpu()
 
 
 def write_back(file: Path, entry: dict) -> None:

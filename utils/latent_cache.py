@@ -27,10 +27,9 @@ def cache_dataset(dataset, components, out_dir: Path, with_inversion: bool, keep
     """Encode every clip of `dataset` into `out_dir` (atomically per file); returns the folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    empty = encode_prompts(components.tokenizer, components.text_encoder, [""]) if with_inversion else None
     for i in tqdm(range(len(dataset)), desc="Caching latents", disable=not show):
         item = dataset[i]
-        entry = encode_clip(item, components, empty)
+        entry = encode_clip(item, components, with_inversion)
         if keep_pixels:
             entry["pixel_values"] = item["pixel_values"]
         tmp = out_dir / f"cached_{i}.pt.tmp"
@@ -39,22 +38,33 @@ def cache_dataset(dataset, components, out_dir: Path, with_inversion: bool, keep
     return out_dir
 
 
-def encode_clip(item: dict, components, empty_embedding: torch.Tensor | None) -> dict:
-    latents = encode_video(components.vae, item["pixel_values"][None])
+def encode_clip(item: dict, components, with_inversion: bool) -> dict:
+    latents = encode_video(components.vae, item["pixel_values"][None])[0].float().cpu()
     entry = {
-        "latents": latents[0].float().cpu(),
+        "latents": latents,
         "prompt_ids": tokenize(components.tokenizer, [item["prompt"]])[0],
         "text_prompt": item["prompt"],
         "dataset": item.get("dataset", ""),
     }
-    if empty_embedding is not None:
-        unet = components.unet
-        was_training = unet.training
-        unet.eval()  # temporal convs use dropout
-        inverted = ddim_inversion(unet, components.scheduler, latents.to(unet.dtype), empty_embedding, INVERSION_STEPS)
-        unet.train(was_training)
-        entry["inversion_noise"] = inverted[0].float().cpu()
+    if with_inversion:
+        entry["inversion_noise"] = invert_clip(latents, components)
     return entry
+
+
+def invert_clip(latents: torch.Tensor, components) -> torch.Tensor:
+    """(4, F, h, w) latents -> their 50-step DDIM inversion with the empty prompt, UNet in eval.
+
+    The UNet is used as it is (at training its LoRAs are still zero; at inference the original
+    inverted through its pipeline, i.e. with the loaded LoRA).
+    """
+    unet = components.unet
+    was_training = unet.training
+    unet.eval()  # temporal convs use dropout
+    empty = encode_prompts(components.tokenizer, components.text_encoder, [""]).to(unet.device, unet.dtype)
+    inverted = ddim_inversion(unet, components.scheduler, latents[None].to(unet.device, unet.dtype), empty,
+                              INVERSION_STEPS)
+    unet.train(was_training)
+    return inverted[0].float().cpu()
 
 
 def cached_files(folder: Path) -> list[Path]:
