@@ -296,7 +296,8 @@ class _Loop:
                 bar.set_postfix(loss_s=_fmt(losses.spatial), loss_t=_fmt(losses.temporal))
                 self._log(step, losses, time.perf_counter() - started)
                 self._after_step(step, last_item)
-                if self.stop_signal is not None:
+                if self._any_process(self.stop_signal is not None):  # Ctrl-C reaches one or all
+                    self.stop_signal = self.stop_signal or "a stop signal in another process"
                     raise StopRequested
         except StopRequested:
             logger.warning("received %s: saving checkpoint-%d and stopping", self.stop_signal, step)
@@ -387,12 +388,22 @@ class _Loop:
                 p.grad = grad.view_as(p)
 
     def _check_finite(self, losses, step):
-        for name, value in (("spatial", losses.spatial_sum), ("temporal", losses.temporal_sum)):
-            if value is not None and not math.isfinite(value):
-                raise UserError(
-                    f"the {name} loss became {value} at step {step}; stopped without saving it "
-                    "(the last good checkpoint is kept). Lower learning_rate or use mixed_precision: bf16/no"
-                )
+        """Stop on a NaN/inf loss in any process (all stop together: none waits in a collective)."""
+        bad = [(name, value) for name, value in (("spatial", losses.spatial_sum), ("temporal", losses.temporal_sum))
+               if value is not None and not math.isfinite(value)]
+        if not self._any_process(bool(bad)):
+            return
+        name, value = bad[0] if bad else ("training", "not finite in another process")
+        raise UserError(
+            f"the {name} loss became {value} at step {step}; stopped without saving it "
+            "(the last good checkpoint is kept). Lower learning_rate or use mixed_precision: bf16/no"
+        )
+
+    def _any_process(self, flag: bool) -> bool:
+        if self.acc.num_processes == 1:
+            return flag
+        flags = torch.tensor([float(flag)], device=self.acc.device)
+        return self.acc.reduce(flags, reduction="sum").item() > 0
 
     def _after_step(self, step: int, item: dict) -> None:
         if step % self.cfg.checkpointing_steps == 0:
