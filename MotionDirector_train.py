@@ -1,9 +1,8 @@
 """Train MotionDirector: `python MotionDirector_train.py --config configs/<name>.yaml [key=value ...]`."""
 
-import os
 import sys
 
-from utils.cli import run_cli
+from utils.cli import process_state, run_cli
 
 
 def main(argv: list[str]) -> None:
@@ -14,7 +13,7 @@ def main(argv: list[str]) -> None:
     cfg = load_config(config_path, overrides)
     validate_config(cfg)
     run_dir = run(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
+    if process_state().is_main_process:  # one line, also under `accelerate launch`
         print(f"run folder: {run_dir}")
 
 

@@ -63,3 +63,12 @@ def resolve_device(requested: str | None) -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {requested} was requested but CUDA is not available here; use --device cpu")
     return requested
+
+
+def process_state():
+    """accelerate's view of the processes (one, unless started by `accelerate launch` / torchrun)."""
+    import torch
+    from accelerate import PartialState
+
+    # Without CUDA, accelerate forms a process group only when told the processes run on the CPU.
+    return PartialState(cpu=not torch.cuda.is_available())

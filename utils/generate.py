@@ -25,6 +25,7 @@ from models.lora_io import load_adapter
 from models.pipeline import Components, decode_video, denoise, encode_prompts, load_components
 from models.unet import set_attention_backend
 from utils.ddim import mix_noise_prior, prepare_prior_latents
+from utils.cli import process_state, resolve_device
 from utils.errors import UserError
 from utils.latent_cache import cached_files, invert_clip
 from utils.video_io import write_video
@@ -137,18 +138,8 @@ def check_settings(settings: GenerationSettings) -> None:
 # ----------------------------------------------------------------------------- model
 
 
-def process_state():
-    """accelerate's view of the processes (one, unless started by `accelerate launch` / torchrun)."""
-    from accelerate import PartialState
-
-    # Without CUDA, accelerate forms a process group only when told the processes run on the CPU.
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def device_and_dtype(requested: str | None) -> tuple[str, torch.dtype]:
     """fp16 on CUDA as the original, fp32 elsewhere (CPU half is slow and partly unsupported)."""
-    from utils.cli import resolve_device
-
     state = process_state()
     if requested is None and state.num_processes > 1:
         device = str(state.device)  # one GPU per process under `accelerate launch`
