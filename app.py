@@ -31,8 +31,8 @@ from utils.generate import (
     SEED_RANGE,
     GenerationSettings,
     LoraRequest,
-    NoisePrior,
     check_settings,
+    checked_noise_prior,
     device_and_dtype,
     generate_videos,
     prepare_model,
@@ -95,12 +95,7 @@ def generate(model, motion, prompt, negative_prompt, seed, noise_prior, steps, w
     check_settings(settings)
     check_model_folder(model)
     lora, cache = resolve_motion(motion)
-    prior = None
-    if settings.noise_prior > 0:
-        if cache is None:
-            raise UserError(f"a noise prior > 0 needs the training run's cached latents; {NO_PRIOR_HINT}")
-        prior = NoisePrior.from_folder(cache, NO_PRIOR_HINT)
-        prior.check_frames(prior.pick(seed), settings.num_frames)
+    prior = checked_noise_prior(settings, [seed], cache, NO_PRIOR_HINT)
     components = _pipeline(model, lora, lora.stat().st_mtime if lora else 0.0)
     (path,) = generate_videos(components, settings, prior, seeds=[seed])
     return str(path), f"seed {seed}, motion: {lora or 'none (base model)'} -> {path}"

@@ -346,6 +346,19 @@ def generate_videos(components: Components, settings: GenerationSettings,
     return written
 
 
+def checked_noise_prior(settings: GenerationSettings, seeds: list[int], cache_dir: Path | None,
+                        how_to_fix: str) -> NoisePrior | None:
+    """The run's cached clips when the noise prior is on, checked before any model is loaded."""
+    if settings.noise_prior <= 0:
+        return None
+    if cache_dir is None:
+        raise UserError(f"a noise prior > 0 needs the training run's cached_latents/; {how_to_fix}")
+    prior = NoisePrior.from_folder(cache_dir, how_to_fix)
+    for i in my_share(len(seeds)):  # a frame-count mismatch fails now, not after loading
+        prior.check_frames(prior.pick(seeds[i]), settings.num_frames)
+    return prior
+
+
 def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSettings,
                    cache_dir: Path | None, how_to_fix: str, device: str | None = None,
                    xformers: bool = False) -> list[Path]:
@@ -354,13 +367,7 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
     seeds = repeat_seeds(settings.seed, settings.repeat_num)
     if not my_share(len(seeds)):  # more processes than videos: nothing for this one to do
         return []
-    prior = None
-    if settings.noise_prior > 0:
-        if cache_dir is None:
-            raise UserError(f"--noise_prior > 0 needs the training run's cached_latents/; {how_to_fix}")
-        prior = NoisePrior.from_folder(cache_dir, how_to_fix)
-        for i in my_share(len(seeds)):  # fail on a frame-count mismatch before loading the model
-            prior.check_frames(prior.pick(seeds[i]), settings.num_frames)
+    prior = checked_noise_prior(settings, seeds, cache_dir, how_to_fix)
     device, dtype = device_and_dtype(device)
     components = prepare_model(model, loras, device, dtype, xformers)
     return generate_videos(components, settings, prior, seeds)
