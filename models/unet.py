@@ -1,9 +1,11 @@
 """The stock diffusers UNet3DConditionModel, with the original MotionDirector single-frame rule.
 
 When the UNet gets one frame, the original skips `transformer_in`, every temporal attention and
-every temporal conv, except the first temporal conv of the mid block. Released spatial LoRAs were
-trained through that forward, so ours must match it. We swap the temporal modules' classes for
-thin subclasses: the weights and state-dict keys stay exactly the stock ones.
+every temporal conv. (Its non-checkpointed path kept `mid_block.temp_convs[0]`, but every shipped
+config trained with gradient checkpointing, whose blocks skip that conv too; the released spatial
+LoRAs were trained through that forward.) We swap the temporal modules' classes for thin
+subclasses: the weights and state-dict keys stay exactly the stock ones, and checkpointing never
+changes the math.
 """
 
 import logging
@@ -17,10 +19,6 @@ from diffusers.models.transformers.transformer_temporal import (
 )
 
 logger = logging.getLogger(__name__)
-
-# The one temporal layer the original applies even to a single frame.
-ALWAYS_ON_TEMPORAL_CONV = "mid_block.temp_convs.0"
-
 
 class SingleFrameSkippingTransformer(TransformerTemporalModel):
     """A temporal transformer that is the identity on a one-frame clip."""
@@ -42,10 +40,10 @@ class SingleFrameSkippingConv(TemporalConvLayer):
 
 def apply_single_frame_rule(unet: torch.nn.Module) -> torch.nn.Module:
     """Give the UNet the original's single-frame forward (in place; returns the UNet)."""
-    for name, module in unet.named_modules():
+    for module in unet.modules():
         if type(module) is TransformerTemporalModel:
             module.__class__ = SingleFrameSkippingTransformer
-        elif type(module) is TemporalConvLayer and name != ALWAYS_ON_TEMPORAL_CONV:
+        elif type(module) is TemporalConvLayer:
             module.__class__ = SingleFrameSkippingConv
     return unet
 

@@ -153,6 +153,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup):
     enable_gradient_checkpointing(setup[0])
     losses_ckpt, grads_ckpt = _run(setup, ts.StepSettings(), seed=seed)
     assert losses_ckpt.temporal == pytest.approx(losses.temporal, rel=1e-6)
+    assert losses_ckpt.spatial == pytest.approx(losses.spatial, rel=1e-6)
     for name in grads:
         for a, b in zip(grads[name], grads_ckpt[name]):
             assert (a is None) == (b is None)
