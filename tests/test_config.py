@@ -26,6 +26,36 @@ def test_shipped_config_loads_and_validates(path):
     assert validation_prompts(cfg.validation_data)
 
 
+ORIGINAL_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "configs"
+# Only where the data lives and the captions of our own test_data/ may differ from the original.
+DATA_KEYS = {"pretrained_model_path", "train_data.path", "train_data.fallback_prompt", "train_data.image_dir",
+             "train_data.single_img_prompt", "train_data.single_video_path", "train_data.single_video_prompt",
+             "validation_data.prompt"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
+@pytest.mark.parametrize("name", ["config_multi_videos.yaml", "config_single_video.yaml",
+                                  "config_single_video_24.yaml", "config_single_image.yaml",
+                                  "config_multi_images.yaml"])
+def test_shipped_configs_keep_every_original_value(name):
+    from omegaconf import OmegaConf
+
+    if not (ORIGINAL_CONFIGS / name).is_file():
+        pytest.skip("../shared/seed/configs is not available")
+    original = _flat(OmegaConf.to_container(OmegaConf.load(ORIGINAL_CONFIGS / name)))
+    ours = _flat(OmegaConf.to_container(OmegaConf.load(Path(TINY).parent / name)))
+    differ = {k: (v, ours.get(k, "<missing>")) for k, v in original.items()
+              if k not in DATA_KEYS and ours.get(k, "<missing>") != v}
+    assert not differ, f"{name}: key: (original, ours) {differ}"
+    assert not set(ours) - set(original) - {"train_data.fallback_prompt"}, "extra keys change the original's run"
+
+
 def test_original_values_survive():
     cfg = load_config(str(Path(TINY).parent / "config_single_video_24.yaml"))
     assert (cfg.train_data.width, cfg.train_data.height, cfg.train_data.n_sample_frames) == (576, 320, 24)

@@ -143,6 +143,14 @@ def test_bucketing_keeps_orientation(tmp_path):
     assert tall["pixel_values"].shape[-2:] == (256, 192)
 
 
+@pytest.mark.parametrize("bucketing, expected", [(True, (256, 384)), (False, (384, 384))])
+def test_single_video_bucketing_as_the_original(tmp_path, bucketing, expected):
+    """A 16:9 clip at 384x384 trains at 384x256 (the original's sensible_buckets with the true w, h)."""
+    clip = synthetic.make_moving_shape_video(tmp_path / "wide.mp4", frames=4, size=(160, 90))
+    dataset = SingleVideoDataset(str(clip), "p", width=384, height=384, n_sample_frames=2, use_bucketing=bucketing)
+    assert dataset[0]["pixel_values"].shape[-2:] == expected
+
+
 # ---------------------------------------------------------------- the other dataset types
 
 def test_single_video_chunks(tmp_path, caplog):
@@ -164,14 +172,15 @@ def test_image_dataset(tmp_path):
     dataset = ImageDataset(str(tmp_path / "img"), width=64, height=48, fallback_prompt="fallback")
     assert len(dataset) == 2
     item = dataset[0]
-    assert item["pixel_values"].shape == (1, 3, 48, 64) and item["dataset"] == "image"
+    assert item["pixel_values"].shape == (16, 3, 48, 64) and item["dataset"] == "image"
+    assert torch.equal(item["pixel_values"][0], item["pixel_values"][15])  # a still clip, as the original
     assert -1 <= item["pixel_values"].min() and item["pixel_values"].max() <= 1
     assert [dataset[i]["prompt"] for i in range(2)] == ["A red circle.", "fallback"]
     # a set single_img_prompt wins over captions, as in the original
     dataset = ImageDataset(str(tmp_path / "img"), single_img_prompt="Shared.", use_bucketing=True,
                            width=256, height=256)
     assert [dataset[i]["prompt"] for i in range(2)] == ["Shared.", "Shared."]
-    assert dataset[1]["pixel_values"].shape == (1, 3, 256, 192)
+    assert dataset[1]["pixel_values"].shape == (16, 3, 256, 192)
 
 
 def test_json_dataset(tmp_path):

@@ -3,7 +3,7 @@
 * `folder`: every video in `path`, one random window of `n_sample_frames` frames each,
   subsampled to `fps`; prompt from a same-named .txt caption, else `fallback_prompt`.
 * `single_video`: `single_video_path` cut into consecutive chunks; prompt `single_video_prompt`.
-* `image`: every image in `image_dir` as a one-frame clip.
+* `image`: every image in `image_dir` as a still clip (the image repeated to 16 frames, as the original).
 * `json`: the Video-BLIP2-Preprocessor layout, one item per captioned frame range.
 
 Each item is {"pixel_values": float32 (F, 3, H, W) in [-1, 1], "prompt": str, "dataset": type name}.
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".webm", ".flv", ".mjpeg")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# The original trains on an image as a still clip of 16 frames (whatever n_sample_frames says):
+# its cached latents and inversion noise then have 16 frames, and a noise prior from an image run
+# generates the default 16 frames.
+IMAGE_CLIP_FRAMES = 16
 
 
 # ---------------------------------------------------------------- frames -> tensors
@@ -175,9 +179,9 @@ class SingleVideoDataset(Dataset):
             raise UserError(f"train_data.frame_step ({frame_step}) and n_sample_frames ({n_sample_frames}) "
                             "must be at least 1")
         self.path, self.prompt = Path(single_video_path), single_video_prompt
-        # the original resizes single videos to width x height even with use_bucketing
-        self.width, self.height = width, height
-        self.chunks = chunk_frame_indices(video_info(self.path).num_frames, frame_step, n_sample_frames)
+        self.width, self.height, self.use_bucketing = width, height, use_bucketing
+        self.info = video_info(self.path)
+        self.chunks = chunk_frame_indices(self.info.num_frames, frame_step, n_sample_frames)
         if len(self.chunks[-1]) < n_sample_frames:
             _warn_short(f"{self.path} (last chunk)", len(self.chunks[-1]), n_sample_frames)
 
@@ -186,12 +190,12 @@ class SingleVideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         frames = read_frames(self.path, self.chunks[index])
-        pixels = to_pixel_values(frames, self.width, self.height)
+        pixels = to_pixel_values(frames, *_frame_size(self, self.info))
         return {"pixel_values": pixels, "prompt": self.prompt, "dataset": self.name}
 
 
 class ImageDataset(Dataset):
-    """`image`: one single-frame item per image in `image_dir`."""
+    """`image`: one still clip of IMAGE_CLIP_FRAMES frames per image in `image_dir`."""
 
     name = "image"
 
@@ -215,8 +219,8 @@ class ImageDataset(Dataset):
         except OSError as err:
             raise UserError(f"cannot read image {path} ({err}); re-save it as PNG or JPEG") from err
         size = _frame_size(self, VideoInfo(1, 0.0, frame.shape[0], frame.shape[1]))
-        return {"pixel_values": to_pixel_values(frame[None], *size), "prompt": self.prompts[index],
-                "dataset": self.name}
+        still = to_pixel_values(frame[None], *size).expand(IMAGE_CLIP_FRAMES, -1, -1, -1).contiguous()
+        return {"pixel_values": still, "prompt": self.prompts[index], "dataset": self.name}
 
 
 class VideoJsonDataset(Dataset):
@@ -263,8 +267,9 @@ class VideoJsonDataset(Dataset):
 
 
 def _frame_size(dataset, info: VideoInfo) -> tuple[int, int]:
-    # The original's video datasets passed (width, 3) of an HWC frame as the frame size, so
-    # every video was bucketed as landscape; the true size is used here (same for landscape).
+    # Bucketing keeps the true aspect ratio, as the original's folder, single_video and image
+    # datasets did. Its json dataset passed (width, 3) of an HWC frame as the frame size, so
+    # every json clip was bucketed as landscape: fixed here (same result for landscape clips).
     if dataset.use_bucketing:
         return bucket_size(dataset.width, dataset.height, info.width, info.height)
     return dataset.width, dataset.height
