@@ -44,19 +44,19 @@ def lora_requests(args: argparse.Namespace) -> list[LoraRequest]:
     return requests
 
 
-def temporal_run_cache(temporal_folder: str | None) -> Path | None:
-    """cached_latents/ of the run that trained the temporal LoRA.
+def run_cache(lora_folder: str | None) -> Path | None:
+    """cached_latents/ of the run that trained a LoRA (None when that run has none).
 
-    It sits three levels up for run/checkpoint-<N>/temporal/lora/ and two for the final
-    run/temporal/lora/. (The original took four dirnames, right only with a trailing slash.)
+    It sits three levels up for run/checkpoint-<N>/<path>/lora/ and two for the final
+    run/<path>/lora/. (The original took four dirnames, right only with a trailing slash.)
     """
-    if not temporal_folder:
+    if not lora_folder:
         return None
-    lora = Path(temporal_folder).resolve()
+    lora = Path(lora_folder).resolve()
     if lora.is_file():
         lora = lora.parent
     candidates = [lora.parents[i] / "cached_latents" for i in (1, 2) if len(lora.parents) > i]
-    return next((c for c in candidates if c.is_dir()), candidates[0] if candidates else None)
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def main(argv=None) -> None:
@@ -65,9 +65,10 @@ def main(argv=None) -> None:
                          ("--temporal_path_folder", args.temporal_path_folder)):
         if folder and not Path(folder).exists():
             raise UserError(f"{flag} not found: {folder} (give a .../lora/ folder of a training run)")
-    cache = temporal_run_cache(args.temporal_path_folder)
-    how_to_fix = ("use --noise_prior 0, or give a --temporal_path_folder inside its training run "
-                  "(run/checkpoint-<N>/temporal/lora/ or run/temporal/lora/)")
+    # The noise prior comes from the motion's run; without one, from the appearance's (an image run).
+    cache = run_cache(args.temporal_path_folder) or run_cache(args.spatial_path_folder)
+    how_to_fix = ("use --noise_prior 0, or give a --temporal_path_folder (or --spatial_path_folder) inside "
+                  "its training run (run/checkpoint-<N>/temporal/lora/ or run/temporal/lora/)")
     paths = run_generation(args.model, lora_requests(args), settings_from_args(args, write_gif=True), cache,
                            how_to_fix, device=args.device, xformers=args.xformers)
     for path in paths:

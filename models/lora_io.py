@@ -108,15 +108,20 @@ def original_list_to_state_dict(tensors, unet, path: str, source="the LoRA file"
 
 
 def load_adapter(
-    unet: torch.nn.Module, folder_or_file: str | Path, adapter_name: str, scale: float = 1.0, dropout: float = 0.0
+    unet: torch.nn.Module, folder_or_file: str | Path, adapter_name: str, scale: float = 1.0, dropout: float = 0.0,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Inject an adapter sized from the file and load its weights; returns the file used."""
+    """Inject an adapter sized from the file and load its weights; returns the file used.
+
+    The weights take `dtype` (default: the UNet's). Training passes float32, so a resumed or
+    `lora_path` adapter keeps every bit of the saved weights under a half-precision UNet.
+    """
     file = find_lora_file(folder_or_file)
     path = path_of(adapter_name)
     state = read_lora_file(file, unet, path)
     ranks = _ranks_matching_model(state, unet, path, file)
     add_adapter(unet, adapter_name, ranks, dropout=dropout)
-    dtype = next(unet.parameters()).dtype
+    dtype = dtype or next(unet.parameters()).dtype
     try:
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
     except RuntimeError as err:  # shape mismatch inside torch

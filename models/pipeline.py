@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.unet import load_unet
@@ -94,11 +95,18 @@ class PromptCache:
 
 
 @torch.no_grad()
-def encode_video(vae: AutoencoderKL, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, F, 3, H, W) pixels in [-1, 1] -> (B, 4, F, H/8, W/8) scaled latents (sampled, as the original)."""
+def encode_video(vae: AutoencoderKL, pixel_values: torch.Tensor, frames_per_chunk: int = 8) -> torch.Tensor:
+    """(B, F, 3, H, W) pixels in [-1, 1] -> (B, 4, F, H/8, W/8) scaled latents (sampled, as the original).
+
+    The encoder sees a few frames at a time (24 frames of 576x320 at once would need several GB of
+    activations; the original sliced too); the latents are sampled once over the whole clip, so
+    the random draw is the same as in one call.
+    """
     batch, frames = pixel_values.shape[:2]
-    flat = pixel_values.flatten(0, 1).to(vae.device, vae.dtype)
-    latents = vae.encode(flat).latent_dist.sample() * vae.config.scaling_factor
+    flat = pixel_values.flatten(0, 1)
+    moments = torch.cat([vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist.parameters
+                         for chunk in flat.split(frames_per_chunk)])
+    latents = DiagonalGaussianDistribution(moments).sample() * vae.config.scaling_factor
     return latents.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
 
 

@@ -174,7 +174,19 @@ def test_text_encoder_matches_original(original, reference_threads):
         hidden = original.text_encoder(ids)[0]
         legacy = _legacy_clip_hidden_states(original.text_encoder, ids)
     assert (hidden - reference).abs().max() < 1e-5
-    assert torch.equal(legacy, reference)
+    if _rounds_like_reference(original):
+        assert torch.equal(legacy, reference)
+    else:  # another CPU's matmul kernels round differently: equal to rounding only
+        assert (legacy - reference).abs().max() < 1e-6
+
+
+def _rounds_like_reference(original) -> bool:
+    """Whether this CPU reproduces the reference UNet forward bit for bit (kernels differ by CPU)."""
+    x = torch.load(original.root / "inputs" / "input_latents_1x4x8x8x8.pt")
+    ehs = torch.load(original.root / "inputs" / "input_encoder_hidden_states_1x77x32.pt")
+    with torch.no_grad():
+        out = original.unet(x, torch.tensor([500]), encoder_hidden_states=ehs).sample
+    return torch.equal(out, torch.load(original.root / "outputs" / "out_nolora_8f.pt"))
 
 
 def test_inversion_matches_original(original, reference_threads):
@@ -182,11 +194,7 @@ def test_inversion_matches_original(original, reference_threads):
     # (input, embeddings, or UNet rounding) moves the result by ~0.5. Matching the
     # original therefore needs a bit-identical UNet forward, which holds with the
     # reference's 2 CPU threads on this platform; check that first.
-    x = torch.load(original.root / "inputs" / "input_latents_1x4x8x8x8.pt")
-    ehs = torch.load(original.root / "inputs" / "input_encoder_hidden_states_1x77x32.pt")
-    with torch.no_grad():
-        out = original.unet(x, torch.tensor([500]), encoder_hidden_states=ehs).sample
-    if not torch.equal(out, torch.load(original.root / "outputs" / "out_nolora_8f.pt")):
+    if not _rounds_like_reference(original):
         pytest.skip("UNet rounding on this CPU differs from the reference machine; the chaotic "
                     "tiny-model inversion cannot be compared bit for bit")
 

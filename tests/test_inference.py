@@ -17,6 +17,7 @@ from models.unet import load_unet
 from utils import convert_lora
 from utils.cli import run_cli
 from utils.ddim import mix_noise_prior
+from utils.errors import UserError
 from utils.generate import (
     GenerationSettings,
     NoisePrior,
@@ -130,13 +131,25 @@ def tiny_components(tiny_model_dir):
 
 def test_full_noise_prior_makes_the_video_seed_independent(tiny_components, tmp_path):
     prior = NoisePrior([_cache_file(tmp_path)])
-    inverted = prior.inverted(prior.pick(1), tiny_components)
+    inverted = prior.inverted(prior.pick(1, 8), tiny_components)
     settings = GenerationSettings(PROMPT, width=64, height=64, num_frames=8, num_steps=2, noise_prior=1.0)
     assert torch.equal(sample_video(tiny_components, settings, 1, inverted),
                        sample_video(tiny_components, settings, 2, inverted))
     settings.noise_prior = 0.0
     assert not torch.equal(sample_video(tiny_components, settings, 1, inverted),
                            sample_video(tiny_components, settings, 2, inverted))
+
+
+def test_noise_prior_draws_only_clips_of_the_requested_length(tmp_path):
+    """A 20-frame single video cut into 8 + 8 + 4: the 4-frame chunk is never drawn for 8 frames."""
+    for i, frames in enumerate((8, 8, 4)):
+        torch.save({"latents": torch.zeros(4, frames, 8, 8)}, tmp_path / f"cached_{i}.pt")
+    prior = NoisePrior.from_folder(tmp_path, "fix it")
+    assert {prior.pick(seed, 8).name for seed in range(200)} == {"cached_0.pt", "cached_1.pt"}
+    assert prior.pick(3, 8) == prior.pick(3, 8)  # seeded
+    assert {prior.pick(seed, 4).name for seed in range(20)} == {"cached_2.pt"}
+    with pytest.raises(UserError, match="no cached training clip has 6 frames.*they have 4, 8"):
+        prior.pick(0, 6)
 
 
 def test_missing_inversion_is_computed_once_and_written_back(tiny_components, tmp_path, monkeypatch):
@@ -245,8 +258,8 @@ def test_multi_cli_writes_mp4_and_gif_with_prior_from_the_temporal_run(tiny_mode
 
 def test_multi_cli_finds_the_cache_for_both_run_layouts(tiny_run):
     cache = tiny_run / "cached_latents"
-    assert multi_cli.temporal_run_cache(str(tiny_run / "checkpoint-2/temporal/lora")) == cache.resolve()
-    assert multi_cli.temporal_run_cache(str(tiny_run / "temporal/lora/")) == cache.resolve()
+    assert multi_cli.run_cache(str(tiny_run / "checkpoint-2/temporal/lora")) == cache.resolve()
+    assert multi_cli.run_cache(str(tiny_run / "temporal/lora/")) == cache.resolve()
 
 
 def _one_line_error(code, err) -> str:

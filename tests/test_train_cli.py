@@ -19,6 +19,7 @@ from utils.checkpoints import STATE_FILE
 from utils.cli import run_cli
 from utils.config import load_config
 from utils.errors import UserError
+from utils.video_io import video_info
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "test_data" / "moving_square" / "moving_square.mp4"
@@ -192,14 +193,17 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
 
 
-def test_image_config_trains_only_the_spatial_path_with_flips(tiny_model_dir, tmp_path):
+def test_image_config_trains_only_the_spatial_path_with_flips(tiny_model_dir, tmp_path, capsys):
+    """An image is a 16-frame still clip, as in the original: its cached latents and inversion have
+    16 frames, so a noise prior from an image run samples the default 16 frames."""
     from utils.trainer import run
+    import MotionDirector_inference_multi as multi_cli
 
     overrides = [
         f"pretrained_model_path={tiny_model_dir}", f"output_dir={tmp_path}",
         "train_data.width=64", "train_data.height=64", "train_data.use_bucketing=false",
         f"train_data.image_dir={REPO / 'test_data' / 'images'}",
-        "validation_data.width=64", "validation_data.height=64", "validation_data.num_frames=2",
+        "validation_data.width=64", "validation_data.height=64", "validation_data.noise_prior=0.5",
         "validation_data.num_inference_steps=2", "lora_rank=4", "max_train_steps=3",
         "checkpointing_steps=3", "validation_steps=3", "mixed_precision=no", "gradient_checkpointing=true",
         "random_hflip_img=1.0", "seed=1", "logger_type=none",
@@ -208,6 +212,15 @@ def test_image_config_trains_only_the_spatial_path_with_flips(tiny_model_dir, tm
     assert (run_dir / "spatial" / "lora" / "3_unet.safetensors").is_file()
     assert not (run_dir / "temporal").exists()
     cached = torch.load(run_dir / "cached_latents" / "cached_0.pt", weights_only=False)
-    assert cached["latents"].shape == (4, 1, 8, 8) and "pixel_values" in cached  # kept for flips
+    assert cached["latents"].shape == (4, 16, 8, 8) and "pixel_values" in cached  # kept for flips
+    assert cached["inversion_noise"].shape == (4, 16, 8, 8)
+    assert torch.equal(cached["pixel_values"][0], cached["pixel_values"][15])
+    (sample,) = (run_dir / "samples").glob("3_*.mp4")
+    assert video_info(sample).num_frames == 16
+    # the image run's noise prior at inference (no temporal run given): 16 frames by default
+    argv = ["--model", tiny_model_dir, "-p", "A square.", "-slp", run_dir / "spatial" / "lora", "-np", "0.5",
+            "-W", "64", "-H", "64", "-s", "1", "-d", "cpu", "-o", tmp_path / "videos", "-r", "3"]
+    assert run_cli(multi_cli.main, [str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert video_info(tmp_path / "videos" / "A_square_3.mp4").num_frames == 16
     spatial = load_file(run_dir / "spatial" / "lora" / "3_unet.safetensors")
     assert all(v.abs().sum() > 0 for k, v in spatial.items() if "lora_B" in k)

@@ -59,10 +59,13 @@ def ddim_inversion(
     if text_embeddings.shape[0] != latents.shape[0]:
         text_embeddings = text_embeddings.expand(latents.shape[0], -1, -1)
 
-    latent = latents.clone()
+    # The running latent stays float32 under a half-precision UNet or autocast: 50 steps of
+    # fp16 rounding would pile up in it. Only the UNet's input takes the UNet's dtype.
+    latent = latents.float().clone()
+    dtype = getattr(unet, "dtype", torch.float32)
     for i in tqdm(range(num_steps), desc="DDIM inversion", disable=not progress):
         t = timesteps[len(timesteps) - i - 1]
-        eps = unet(latent, t, encoder_hidden_states=text_embeddings).sample
+        eps = unet(latent.to(dtype), t, encoder_hidden_states=text_embeddings).sample.float()
         latent = _inversion_step(eps, t, latent, inv_scheduler)
     return latent
 

@@ -216,8 +216,18 @@ class NoisePrior:
         except UserError:
             raise UserError(f"no cached_<i>.pt files in {folder} for the noise prior; {how_to_fix}") from None
 
-    def pick(self, seed: int) -> Path:
-        return random.Random(seed).choice(self.files)
+    def pick(self, seed: int, num_frames: int) -> Path:
+        """The seed's draw among the cached clips of `num_frames` frames (a single video's last
+        chunk may be shorter than the others: it is never drawn for the full length)."""
+        fitting = [f for f in self.files if self.frames(f) == num_frames]
+        if not fitting:
+            counts = sorted({self.frames(f) for f in self.files})
+            raise UserError(f"no cached training clip has {num_frames} frames (they have "
+                            f"{', '.join(map(str, counts))}); set --num-frames to one of those or use --noise_prior 0")
+        return random.Random(seed).choice(fitting)
+
+    def frames(self, file: Path) -> int:
+        return self.entry(file)["latents"].shape[1]
 
     def entry(self, file: Path) -> dict:
         if file not in self._entries:
@@ -228,12 +238,6 @@ class NoisePrior:
             if "latents" not in self._entries[file]:
                 raise UserError(f"{file} holds no 'latents': not a cached_latents file of a training run")
         return self._entries[file]
-
-    def check_frames(self, file: Path, num_frames: int) -> None:
-        frames = self.entry(file)["latents"].shape[1]
-        if frames != num_frames:
-            raise UserError(f"the cached training clip {file.name} has {frames} frames but --num-frames is "
-                            f"{num_frames}; generate {frames} frames or use --noise_prior 0")
 
     def inverted(self, file: Path, components: Components) -> torch.Tensor:
         """(4, F, h, w) inverted latents of the clip, computed and stored once when missing."""
@@ -286,7 +290,7 @@ def sample_video(components: Components, settings: GenerationSettings, seed: int
 def _inverted_for(seed: int, settings: GenerationSettings, prior: NoisePrior | None, components):
     if prior is None or settings.noise_prior <= 0:
         return None
-    file = prior.pick(seed)
+    file = prior.pick(seed, settings.num_frames)
     logger.info("seed %d: noise prior %g from %s", seed, settings.noise_prior, file.name)
     return prior.inverted(file, components)
 
@@ -355,7 +359,7 @@ def checked_noise_prior(settings: GenerationSettings, seeds: list[int], cache_di
         raise UserError(f"a noise prior > 0 needs the training run's cached_latents/; {how_to_fix}")
     prior = NoisePrior.from_folder(cache_dir, how_to_fix)
     for i in my_share(len(seeds)):  # a frame-count mismatch fails now, not after loading
-        prior.check_frames(prior.pick(seeds[i]), settings.num_frames)
+        prior.pick(seeds[i], settings.num_frames)
     return prior
 
 

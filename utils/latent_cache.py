@@ -61,7 +61,7 @@ def invert_clip(latents: torch.Tensor, components) -> torch.Tensor:
     was_training = unet.training
     unet.eval()  # temporal convs use dropout
     empty = encode_prompts(components.tokenizer, components.text_encoder, [""]).to(unet.device, unet.dtype)
-    inverted = ddim_inversion(unet, components.scheduler, latents[None].to(unet.device, unet.dtype), empty,
+    inverted = ddim_inversion(unet, components.scheduler, latents[None].to(unet.device, torch.float32), empty,
                               INVERSION_STEPS)
     unet.train(was_training)
     return inverted[0].float().cpu()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, gather_object, set_seed
 from accelerate.utils.imports import is_tensorboard_available, is_wandb_available
 from omegaconf import OmegaConf
+from diffusers import DDIMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -49,18 +50,26 @@ class Optimisers:
     optimizers: dict
     schedulers: dict
 
-    def step(self, names, scaler=None):
+    def step(self, names, scheduler_names, params, scaler=None, max_grad_norm=None):
+        """Step the optimisers of `names` (clipping each path's gradients first), then the LR
+        schedulers of `scheduler_names`: as in the original, the temporal one and the spatial one
+        of the clip trained on, also when its spatial loss was skipped this step."""
         for name in names:
+            optimizer = self.optimizers[name]
+            if max_grad_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params[name], max_grad_norm)
             if scaler is not None:
-                scaler.step(self.optimizers[name])
+                scaler.step(optimizer)
             else:
-                self.optimizers[name].step()
+                optimizer.step()
         if scaler is not None:
             scaler.update()
-        with warnings.catch_warnings():  # a path skipped this step still follows the global step's LR
+        with warnings.catch_warnings():  # a clip whose spatial loss was skipped still advances its LR
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-            for scheduler in self.schedulers.values():
-                scheduler.step()
+            for name in scheduler_names:
+                self.schedulers[name].step()
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
 
@@ -98,6 +107,9 @@ def run(cfg) -> Path:
     if cfg.seed is not None:
         set_seed(cfg.seed)
     components = load_components(cfg.pretrained_model_path, accelerator.device, DTYPES[cfg.mixed_precision])
+    if cfg.rescale_schedule and not cfg.use_offset_noise:
+        # In the scheduler's config, so every copy of it (inversion, validation sampling) is rescaled too.
+        components.scheduler = DDIMScheduler.from_config(components.scheduler.config, rescale_betas_zero_snr=True)
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     if accelerator.device.type == "cuda":
         # Prompts are encoded once per distinct text: the frozen text encoder need not hold GPU memory.
@@ -105,6 +117,7 @@ def run(cfg) -> Path:
     unet = components.unet
     adapters = _add_adapters(cfg, unet, len(items), resume_from)
     _broadcast_from_main(adapters, state)
+    _seed_per_process(cfg, state)
     optimisers = _make_optimisers(cfg, adapters)
     _prepare_unet(cfg, unet)
     trainer = _Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
@@ -181,8 +194,8 @@ def _add_adapters(cfg, unet, num_items: int, resume_from: Path | None) -> Adapte
     names = ([TEMPORAL] if cfg.train_temporal_lora else []) + spatial
     for name in names:
         start = _initial_lora_folder(cfg, name, spatial, resume_from)
-        if start is not None:
-            load_adapter(unet, start, name, dropout=cfg.lora_unet_dropout)
+        if start is not None:  # float32, never through the frozen UNet's half precision
+            load_adapter(unet, start, name, dropout=cfg.lora_unet_dropout, dtype=torch.float32)
         else:
             add_adapter(unet, name, cfg.lora_rank, cfg.lora_unet_dropout)
     params = {name: adapter_parameters(unet, name) for name in names}
@@ -202,13 +215,26 @@ def _broadcast_from_main(adapters: Adapters, state) -> None:
             p.data = broadcast(p.data.contiguous(), from_process=0)
 
 
+def _seed_per_process(cfg, state) -> None:
+    """Process i draws its own noise, timesteps, skips and frames from seed + i (the setup before
+    this point, caching and LoRA init, is the same in every process)."""
+    if cfg.seed is not None and state.num_processes > 1:
+        set_seed(cfg.seed + state.process_index)
+
+
 def _initial_lora_folder(cfg, name, spatial_names, resume_from):
     if resume_from is not None:
         return adapter_folder(resume_from, name, spatial_names)
-    if not cfg.lora_path:  # original key: start from <lora_path>/{spatial,temporal}/lora/
+    if not cfg.lora_path:
         return None
-    folder = adapter_folder(Path(cfg.lora_path), name, spatial_names)
-    return folder if folder.is_dir() else None
+    # The original's key: every spatial LoRA starts from <lora_path>/spatial/lora/, the temporal
+    # one from <lora_path>/temporal/lora/. A missing folder is an error (the original started
+    # fresh without a word).
+    folder = adapter_folder(Path(cfg.lora_path), name if name == TEMPORAL else spatial_names[0], spatial_names)
+    if not folder.is_dir():
+        raise UserError(f"lora_path: {folder} not found; lora_path must hold spatial/lora/ and temporal/lora/ "
+                        "of an earlier run (or set lora_path to '' to start fresh)")
+    return folder
 
 
 def _make_optimisers(cfg, adapters: Adapters) -> Optimisers:
@@ -266,8 +292,6 @@ class _Loop:
             offset_noise_strength=cfg.offset_noise_strength,
             loss_scale=1.0 / cfg.gradient_accumulation_steps,
         )
-        if cfg.rescale_schedule and not cfg.use_offset_noise:
-            _rescale_zero_terminal_snr(components.scheduler)
         use_scaler = cfg.mixed_precision == "fp16" and accelerator.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.stop_signal = None
@@ -278,7 +302,11 @@ class _Loop:
         self.optimisers.load_state_dict(state["optimisers"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
-        set_rng_state(state["rng"])
+        rngs = state.get("rng_per_process") or [state["rng"]]
+        if len(rngs) != self.acc.num_processes:
+            logger.warning("resuming %d processes from a checkpoint of %d: random draws will differ from "
+                           "an uninterrupted run", self.acc.num_processes, len(rngs))
+        set_rng_state(rngs[self.acc.process_index % len(rngs)])
         logger.info("resumed from %s at step %d", checkpoint, state["step"])
         return state["step"]
 
@@ -310,16 +338,23 @@ class _Loop:
             logger.info("saved final adapters of step %d in %s", step, self.run_dir)
 
     def _optimisation_step(self, step: int):
-        total = _Losses()
+        total, trained_on = _Losses(), []
         for micro in range(self.cfg.gradient_accumulation_steps):
             item = self._item_for(step, micro)
             losses = self._micro_step(item)
             total.add(losses)
+            trained_on.append(self._spatial_name(item))
         self._check_finite(total, step)
         self._sync_gradients()
         names = [n for n, ps in self.adapters.params.items() if any(p.grad is not None for p in ps)]
-        self.optimisers.step(names, self.scaler)
+        schedulers = list(dict.fromkeys(trained_on)) + ([TEMPORAL] if self.adapters.temporal else [])
+        self.optimisers.step(names, schedulers, self.adapters.params, self.scaler, self.cfg.max_grad_norm)
         return total.mean(), item
+
+    def _spatial_name(self, item: dict) -> str:
+        """The clip's own spatial LoRA (or the shared one)."""
+        spatial = self.adapters.spatial
+        return spatial[0] if len(spatial) == 1 else spatial[item["index"]]
 
     def _log(self, step: int, losses, seconds: float) -> None:
         """Losses, learning rates and step time for TensorBoard/wandb (a no-op without a tracker)."""
@@ -347,9 +382,8 @@ class _Loop:
         device = self.acc.device
         latents, pixels = self._latents(item)
         embeddings = self.prompts([item["prompt"]]).to(device)
-        spatial = self.adapters.spatial[0 if len(self.adapters.spatial) == 1 else item["index"]]
         return train_step(
-            self.c.unet, self.c.scheduler, latents, embeddings, self.adapters, spatial, self.settings,
+            self.c.unet, self.c.scheduler, latents, embeddings, self.adapters, self._spatial_name(item), self.settings,
             backward=self._backward, autocast=self.acc.autocast, vae=self.c.vae, pixel_values=pixels,
         )
 
@@ -367,25 +401,9 @@ class _Loop:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _sync_gradients(self):
-        """Average LoRA gradients across processes (the UNet is not wrapped in DDP: paths alternate).
-
-        Only adapters some process used this step are reduced; the others keep no gradient, so
-        their optimisers do not step (no weight decay on a clip nobody trained on).
-        """
-        if self.acc.num_processes == 1:
-            return
-        names = list(self.adapters.params)
-        used = torch.tensor([any(p.grad is not None for p in self.adapters.params[n]) for n in names],
-                            dtype=torch.float32, device=self.acc.device)
-        used = self.acc.reduce(used, reduction="sum")
-        for name, was_used in zip(names, used.tolist()):
-            if not was_used:
-                continue
-            params = self.adapters.params[name]
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-            flat = self.acc.reduce(flat, reduction="mean")  # one collective per adapter, not per tensor
-            for p, grad in zip(params, flat.split([p.numel() for p in params])):
-                p.grad = grad.view_as(p)
+        """Average LoRA gradients across processes (the UNet is not wrapped in DDP: paths alternate)."""
+        if self.acc.num_processes > 1:
+            average_gradients(self.adapters.params, lambda t: self.acc.reduce(t, reduction="sum"), self.acc.device)
 
     def _check_finite(self, losses, step):
         """Stop on a NaN/inf loss in any process (all stop together: none waits in a collective)."""
@@ -413,9 +431,11 @@ class _Loop:
             log_validation(self.cfg, self.c, self.adapters, item, self.run_dir / "samples", step, self.acc)
 
     def _checkpoint(self, step: int) -> None:
+        # Every process's RNG, so that a resumed run draws what each process would have drawn.
+        rngs = gather_object([rng_state()]) if self.acc.num_processes > 1 else [rng_state()]
         if not self.acc.is_main_process:
             return
-        state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rng_state(),
+        state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rngs[0], "rng_per_process": rngs,
                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
         path = save_checkpoint(
             self.run_dir, step, self.c.unet, self.adapters.spatial, self.adapters.temporal is not None, state
@@ -431,6 +451,26 @@ class _Loop:
                 signal.signal(sig, request_stop)
             except ValueError:  # not the main thread (e.g. inside a web demo): no handler
                 pass
+
+
+def average_gradients(params: dict, reduce_sum, device) -> None:
+    """Each adapter's gradient becomes the mean over the processes that used it this step.
+
+    An adapter no process used keeps no gradient, so its optimiser does not step (no weight decay
+    on a clip nobody trained on); one that only some processes used is divided by their number,
+    not by all processes (a clip's spatial LoRA trained in one process keeps its full gradient).
+    """
+    names = list(params)
+    used = torch.tensor([any(p.grad is not None for p in params[n]) for n in names],
+                        dtype=torch.float32, device=device)
+    used = reduce_sum(used)
+    for name, users in zip(names, used.tolist()):
+        if not users:
+            continue
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params[name]])
+        flat = reduce_sum(flat) / users  # one collective per adapter, not per tensor
+        for p, grad in zip(params[name], flat.split([p.numel() for p in params[name]])):
+            p.grad = grad.view_as(p)
 
 
 class _Losses:
@@ -456,15 +496,3 @@ class _Losses:
 
 def _fmt(value):
     return "-" if value is None else f"{value:.4f}"
-
-
-def _rescale_zero_terminal_snr(scheduler) -> None:
-    """Zero-terminal-SNR betas (Lin et al. 2023), as the original's `rescale_schedule`."""
-    alphas_bar_sqrt = scheduler.alphas_cumprod.sqrt()
-    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
-    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
-    alphas_bar = alphas_bar_sqrt**2
-    alphas = torch.cat([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
-    scheduler.betas = 1 - alphas
-    scheduler.alphas = alphas
-    scheduler.alphas_cumprod = alphas_bar

@@ -24,9 +24,11 @@ def log_validation(cfg, components, adapters, item: dict, samples_dir: Path, ste
     unet = components.unet
     unet.eval()
     disable_gradient_checkpointing(unet)
-    active = list(adapters.spatial[:1]) + ([adapters.temporal] if adapters.temporal else [])
-    adapters.use(active=active, trainable=[])
-    set_scale(unet, adapters.spatial[0], vd.spatial_scale)
+    # As the original: every spatial LoRA (one per clip) at spatial_scale, and the temporal LoRA.
+    spatial = list(adapters.spatial) if vd.spatial_scale != 0 else []
+    adapters.use(active=spatial + ([adapters.temporal] if adapters.temporal else []), trainable=[])
+    for name in spatial:
+        set_scale(unet, name, vd.spatial_scale)
     inverted = item.get("inversion_noise") if vd.noise_prior > 0 else None
     # The prior fixes the length: the original sampled as many frames as the cached clip has.
     frames = inverted.shape[1] if inverted is not None else vd.num_frames
@@ -43,7 +45,8 @@ def log_validation(cfg, components, adapters, item: dict, samples_dir: Path, ste
             written.append(write_video(path, video, fps=cfg.train_data.fps))
             logger.info("saved a sample to %s", path)
     finally:
-        set_scale(unet, adapters.spatial[0], 1.0)
+        for name in spatial:
+            set_scale(unet, name, 1.0)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(unet)
         unet.train()
