@@ -122,13 +122,14 @@ def load_adapter(
     ranks = _ranks_matching_model(state, unet, path, file)
     add_adapter(unet, adapter_name, ranks, dropout=dropout)
     dtype = dtype or next(unet.parameters()).dtype
+    _cast_adapter(unet, adapter_name, dtype)  # before loading: peft made it in the UNet's dtype
     try:
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
     except RuntimeError as err:  # shape mismatch inside torch
         raise UserError(f"{file} does not fit the model: {str(err).splitlines()[0]}") from None
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"{file} has layers the model lacks, e.g. {result.unexpected_keys[0]}")
-    _cast_adapter(unet, adapter_name, dtype)
+    _cast_adapter(unet, adapter_name, dtype)  # and after: loading may assign the file's tensors
     if scale != 1.0:
         from models.lora import set_scale
 

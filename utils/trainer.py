@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 import signal
 import time
 import warnings
@@ -67,7 +68,7 @@ class Optimisers:
         if scaler is not None:
             scaler.update()
         with warnings.catch_warnings():  # a clip whose spatial loss was skipped still advances its LR
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for name in scheduler_names:
                 self.schedulers[name].step()
         for optimizer in self.optimizers.values():
@@ -98,6 +99,10 @@ def run(cfg) -> Path:
                         "set mixed_precision=no (or bf16)")
     if cfg.save_pretrained_model:
         logger.warning("save_pretrained_model: only the LoRA adapters are saved; the base model never changes")
+    if cfg.train_batch_size > 1:
+        logger.warning("train_batch_size: %d: each step trains on one clip (its own spatial LoRA), as the "
+                       "original did; use gradient_accumulation_steps for several clips per update",
+                       cfg.train_batch_size)
     # Every input is checked before the run folder is made or a model is loaded.
     check_model_folder(cfg.pretrained_model_path)
     resume_from = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
@@ -108,8 +113,7 @@ def run(cfg) -> Path:
         set_seed(cfg.seed)
     components = load_components(cfg.pretrained_model_path, accelerator.device, DTYPES[cfg.mixed_precision])
     if cfg.rescale_schedule and not cfg.use_offset_noise:
-        # In the scheduler's config, so every copy of it (inversion, validation sampling) is rescaled too.
-        components.scheduler = DDIMScheduler.from_config(components.scheduler.config, rescale_betas_zero_snr=True)
+        components.scheduler = zero_terminal_snr(components.scheduler)
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     if accelerator.device.type == "cuda":
         # Prompts are encoded once per distinct text: the frozen text encoder need not hold GPU memory.
@@ -125,6 +129,15 @@ def run(cfg) -> Path:
     trainer.train(start_step)
     accelerator.end_training()
     return run_dir
+
+
+def zero_terminal_snr(scheduler) -> DDIMScheduler:
+    """The scheduler with zero-terminal-SNR betas (Lin et al. 2023), the original's `rescale_schedule`.
+
+    The rescale lives in the config (diffusers' `rescale_betas_zero_snr`), so every scheduler built
+    from it (DDIM inversion, validation sampling) follows the same schedule as the training noise.
+    """
+    return DDIMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True)
 
 
 def _shared_run_dir(cfg, state) -> Path:
