@@ -8,6 +8,7 @@ starts anywhere, offline, and shows the workflow; its videos are noise, not resu
 
 import argparse
 import functools
+import gc
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
+import torch
 
 from models.lora import TEMPORAL
 from models.lora_io import find_lora_file
@@ -42,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent
 TINY_MODEL = "./models/tiny_t2v"
-TRAIN_CONFIG = REPO / "configs" / "config_tiny_cpu.yaml"
+TINY_TRAIN_CONFIG = REPO / "configs" / "config_tiny_cpu.yaml"
+REAL_TRAIN_CONFIG = REPO / "configs" / "config_single_video.yaml"  # the original's single-video settings
 NO_PRIOR_HINT = "set the noise prior to 0, or choose the training run folder (it holds cached_latents/)"
 
 
@@ -101,8 +104,28 @@ def generate(model, motion, prompt, negative_prompt, seed, noise_prior, steps, w
     return str(path), f"seed {seed}, motion: {lora or 'none (base model)'} -> {path}"
 
 
+def training_settings(model: str, device: str, config: str | None = None) -> tuple[str, dict]:
+    """The config the Train tab starts from and what the device changes in it.
+
+    The tiny model gets the tiny CPU settings; a real model the shipped single-video config
+    (fp16, rank 32, gradient checkpointing), in float32 where there is no GPU (fp16 needs CUDA).
+    """
+    tiny = default_size(model) < 256
+    config = config or str(TINY_TRAIN_CONFIG if tiny else REAL_TRAIN_CONFIG)
+    overrides = {} if device == "cuda" else {"mixed_precision": "no"}
+    return config, overrides
+
+
+def _free_generation_model() -> None:
+    """Training loads its own copy of the model: drop the Generate tab's one first."""
+    _pipeline.cache_clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def train(model, clip, prompt, steps, width, height, frames, output_dir="./outputs/app",
-          config=str(TRAIN_CONFIG), progress=gr.Progress(track_tqdm=True)):
+          config=None, progress=gr.Progress(track_tqdm=True)):
     """Train a motion on one uploaded clip; returns (run folder, status line)."""
     if not clip:
         raise UserError("upload a training clip first")
@@ -110,7 +133,8 @@ def train(model, clip, prompt, steps, width, height, frames, output_dir="./outpu
         raise UserError("describe the training clip in the prompt")
     from utils.trainer import run  # imports accelerate and peft: only when training
 
-    overrides = {
+    config, overrides = training_settings(model, device_and_dtype(None)[0], config)
+    overrides |= {
         "pretrained_model_path": model,
         "output_dir": str(Path(output_dir) / "train"),
         "dataset_types": "[single_video]",
@@ -127,6 +151,7 @@ def train(model, clip, prompt, steps, width, height, frames, output_dir="./outpu
     }
     cfg = load_config(config, [f"{k}={v}" for k, v in overrides.items()])
     validate_config(cfg)
+    _free_generation_model()
     run_dir = run(cfg)
     return str(run_dir), f"trained {int(steps)} steps on {Path(clip).name}: {run_dir}"
 
@@ -154,7 +179,7 @@ def default_size(model: str) -> int:
     return 384 if 8 * sample_size >= 256 else 8 * sample_size
 
 
-def build_demo(model: str, output_dir: str, config: str = str(TRAIN_CONFIG)) -> gr.Blocks:
+def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blocks:
     size = default_size(model)
     with gr.Blocks(title="MotionDirector") as demo:
         gr.Markdown("# MotionDirector\nCustomise the motion of a text-to-video model, then generate with it.")
@@ -214,8 +239,10 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--output_dir", default="./outputs/app", help="where videos and training runs are written")
-    parser.add_argument("--train_config", default=str(TRAIN_CONFIG),
-                        help="training config the Train tab starts from (steps, size and frames come from the form)")
+    parser.add_argument("--train_config", default=None,
+                        help="training config the Train tab starts from (steps, size and frames come from the form); "
+                             "default: configs/config_tiny_cpu.yaml for the tiny model, "
+                             "configs/config_single_video.yaml for a real one")
     args = parser.parse_args(argv)
     model = prepare_base_model(args.model)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,31 @@ def test_train_then_generate_with_the_trained_motion(tiny_model_dir, clip, tmp_p
     assert Path(path).is_file()
 
 
+def test_train_tab_settings_fit_the_model_and_device(tiny_model_dir, tmp_path):
+    from utils.config import load_config
+
+    assert app.training_settings(str(tiny_model_dir), "cpu") == (str(app.TINY_TRAIN_CONFIG), {"mixed_precision": "no"})
+    real = tmp_path / "zeroscope"  # only the UNet config decides: 40 x 8 = 320-pixel latents
+    (real / "unet").mkdir(parents=True)
+    (real / "unet" / "config.json").write_text('{"sample_size": 40}')
+    config, overrides = app.training_settings(str(real), "cuda")
+    cfg = load_config(config)
+    assert overrides == {} and (cfg.mixed_precision, cfg.lora_rank, cfg.gradient_checkpointing) == ("fp16", 32, True)
+    assert app.training_settings(str(real), "cpu")[1] == {"mixed_precision": "no"}  # fp16 needs CUDA
+    assert app.training_settings(str(real), "cuda", "my.yaml")[0] == "my.yaml"  # --train_config wins
+
+
+def test_training_drops_the_generation_model_first(tiny_model_dir, clip, tmp_path, monkeypatch):
+    import utils.trainer
+
+    _generate(tiny_model_dir, output_dir=tmp_path)
+    assert app._pipeline.cache_info().currsize == 1
+    held = []
+    monkeypatch.setattr(utils.trainer, "run", lambda cfg: held.append(app._pipeline.cache_info().currsize) or tmp_path)
+    app.train(str(tiny_model_dir), str(clip), "A square.", 1, 64, 64, 4, output_dir=str(tmp_path))
+    assert held == [0]
+
+
 def test_bad_input_is_a_one_line_page_error(tiny_model_dir, tmp_path):
     generate = app.show_user_errors(app.generate)
     with pytest.raises(gr.Error) as err:
