@@ -96,6 +96,12 @@ def original_list_to_state_dict(tensors, unet, path: str, source="the LoRA file"
     targets = lora_target_names(unet, path)
     if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 * len(targets):
         count = len(tensors) // 2 if isinstance(tensors, (list, tuple)) else "no"
+        if isinstance(count, int) and count > len(targets) and count % len(targets) == 0:
+            raise UserError(
+                f"{source} holds {count // len(targets)} LoRAs per {path} layer: the original's spatial file of a "
+                f"{count // len(targets)}-clip run (one LoRA per clip, interleaved), which is not supported; "
+                "use that run's temporal LoRA, or a spatial LoRA trained with single_spatial_lora: true"
+            )
         raise UserError(
             f"{source} holds {count} LoRA layers but the model's {path} path has {len(targets)}: "
             f"it was trained for another base model or is not a {path} LoRA"

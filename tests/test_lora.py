@@ -168,3 +168,15 @@ def test_empty_lora_folder_lists_its_contents(tiny_model_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="notes.txt"):
         load_adapter(load_unet(str(tiny_model_dir)), tmp_path, TEMPORAL)
+
+
+def test_interleaved_multi_clip_spatial_file_is_refused_with_a_reason(tiny_model_dir):
+    from models.lora_io import original_list_to_state_dict
+
+    unet = load_unet(str(tiny_model_dir))
+    layers = len(lora_target_names(unet, SPATIAL))
+    two_clips = [torch.zeros(1)] * (2 * 2 * layers)
+    with pytest.raises(UserError, match="holds 2 LoRAs per spatial layer.*2-clip run"):
+        original_list_to_state_dict(two_clips, unet, SPATIAL)
+    with pytest.raises(UserError, match="another base model"):
+        original_list_to_state_dict([torch.zeros(1)] * 6, unet, SPATIAL)
