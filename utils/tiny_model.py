@@ -203,7 +203,8 @@ def _save_text_encoder(folder: Path, seed: int, vocab_size: int) -> None:
     config.save_pretrained(folder)
     # transformers 5 saves the keys without a prefix; the classic "text_model."
     # prefix loads in old (4.x) and new transformers alike.
-    state = {f"text_model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    state = {k if k.startswith("text_model.") else f"text_model.{k}": v.contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
