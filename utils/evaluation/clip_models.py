@@ -43,23 +43,24 @@ def _embedding(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def load_clip(model: str, processor: str | None, device: str, flag: str) -> tuple[ClipEmbedder, object]:
+def load_clip(model: str, processor: str | None, device: str, flag: str,
+              local_files_only: bool = False) -> tuple[ClipEmbedder, object]:
     """(embedder in eval mode on `device`, processor); `processor` defaults to the model's own folder/id.
 
     Anything that stops loading (missing folder, no network for a hub id, not a CLIP model)
-    becomes a UserError naming `flag`.
+    becomes a UserError naming `flag`. `local_files_only`: a hub id must already be downloaded.
     """
     from transformers import CLIPModel, CLIPProcessor
 
-    clip = _from_pretrained(CLIPModel, model, flag)
-    clip_processor = _from_pretrained(CLIPProcessor, processor or model, flag)
+    clip = _from_pretrained(CLIPModel, model, flag, local_files_only)
+    clip_processor = _from_pretrained(CLIPProcessor, processor or model, flag, local_files_only)
     logger.info("loaded %s from %s", flag.lstrip("-"), model)
     return ClipEmbedder(clip).eval().requires_grad_(False).to(device), clip_processor
 
 
-def _from_pretrained(cls, name: str, flag: str):
+def _from_pretrained(cls, name: str, flag: str, local_files_only: bool):
     try:
-        return cls.from_pretrained(name)
+        return cls.from_pretrained(name, local_files_only=local_files_only)
     except (OSError, ValueError, KeyError, TypeError) as err:
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"{flag}: cannot load a {cls.__name__} from {name!r} ({detail}); "

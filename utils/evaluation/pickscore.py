@@ -39,10 +39,16 @@ class PickScorer:
 
 
 def load_pickscore(model: str | None, processor: str | None, device: str) -> tuple[PickScorer | None, str | None]:
-    """(scorer, None), or (None, why) when PickScore is switched off or cannot be loaded."""
+    """(scorer, None), or (None, why) when PickScore is switched off or not available offline.
+
+    Only local folders and already-downloaded hub ids load: the column is optional, so a missing
+    model means a note, not a silent download of several GB (or a minute of retries offline).
+    """
     if not model or model.lower() == "none":
         return None, "PickScore skipped (--pickscore-model none)"
     try:
-        return PickScorer(*load_clip(model, processor, device, "--pickscore-model"), device), None
+        return PickScorer(*load_clip(model, processor, device, "--pickscore-model", local_files_only=True),
+                          device), None
     except UserError as err:
-        return None, f"PickScore skipped: {err}"
+        return None, (f"PickScore skipped: {err}. To compute it: hf download {MODEL}; hf download {PROCESSOR} "
+                      "--include '*.json' '*.txt' (or give local copies)")
