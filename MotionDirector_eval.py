@@ -8,7 +8,6 @@ The metrics and the papers they follow: README.md, "Evaluation"; the code: utils
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from utils.evaluation.evaluate import score_videos
 from utils.evaluation.inputs import find_videos, reference_clips, video_prompts
 from utils.evaluation.motion_fidelity import GRID, SIZE, MotionReference
 from utils.evaluation.report import format_table, results, write_results
-
-logger = logging.getLogger(__name__)
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 

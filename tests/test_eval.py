@@ -148,6 +148,7 @@ def test_frame_counts_are_matched_evenly(square_right):
     assert (mf.even_frames(np.arange(16), 4) == [0, 5, 10, 15]).all()
     reference = mf.MotionReference([square_right, square_right[::-1].copy()])
     assert reference.score(moving_shape_frames(8, 64, "left", "circle")) > 90  # best of the two clips
+    assert reference.score(square_right[:1]) is None  # one frame has no motion to compare
 
 
 # ----------------------------------------------------------------------------- prompts and report

@@ -119,12 +119,17 @@ class MotionReference:
         self.clips, self.size, self.grid = clips, size, grid
         self._tracks: dict[tuple[int, int], np.ndarray] = {}
 
-    def score(self, frames: np.ndarray) -> float:
+    def score(self, frames: np.ndarray) -> float | None:
+        """Best motion fidelity of `frames` over the reference clips; None when a clip has one frame."""
+        generated: dict[int, np.ndarray] = {}  # tracks of `frames` per common frame count
         scores = []
         for i, clip in enumerate(self.clips):
             count = common_frame_count(frames, clip)
+            if count < 2:
+                return None
             if (i, count) not in self._tracks:
                 self._tracks[i, count] = track_displacements(even_frames(clip, count), self.size, self.grid)
-            generated = track_displacements(even_frames(frames, count), self.size, self.grid)
-            scores.append(fidelity_of_displacements(generated, self._tracks[i, count]))
+            if count not in generated:
+                generated[count] = track_displacements(even_frames(frames, count), self.size, self.grid)
+            scores.append(fidelity_of_displacements(generated[count], self._tracks[i, count]))
         return max(scores)
