@@ -4,8 +4,8 @@
         --prompt "A tank is running on the moon." --checkpoint_folder ./outputs/train/car_16/ \
         --checkpoint_index 150 --noise_prior 0.5 --seed 8551187
 
-Writes `<output_dir>/<prompt>_<seed>.mp4`. Launch with `accelerate launch` to share
-`--repeat_num` videos between GPUs.
+Writes `<output_dir>/<prompt>_<seed>.mp4`; `--prompts_file` generates a prompt set with the same seeds.
+Launch with `accelerate launch` to share `--repeat_num` videos between GPUs.
 """
 
 import argparse
@@ -16,7 +16,8 @@ from pathlib import Path
 from models.lora import TEMPORAL
 from utils.cli import run_cli
 from utils.errors import UserError
-from utils.generate import LoraRequest, add_sampling_arguments, run_generation, settings_from_args
+from utils.generate import (LoraRequest, add_sampling_arguments, prompts_from_args, run_generation,
+                            settings_from_args)
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(.+)$")
 
@@ -64,11 +65,12 @@ def _available(run: Path) -> str:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    prompts = prompts_from_args(args)
     run = Path(args.checkpoint_folder)
     lora = LoraRequest(temporal_lora_folder(run, str(args.checkpoint_index)), TEMPORAL, args.lora_scale)
     how_to_fix = "use --noise_prior 0, or point --checkpoint_folder at the training run folder"
     paths = run_generation(args.model, [lora], settings_from_args(args), run / "cached_latents", how_to_fix,
-                           device=args.device, xformers=args.xformers)
+                           device=args.device, xformers=args.xformers, prompts=prompts)
     for path in paths:
         print(f"wrote {path}")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from models.lora import SPATIAL, TEMPORAL
 from utils.cli import run_cli
 from utils.errors import UserError
-from utils.generate import LoraRequest, add_sampling_arguments, run_generation, settings_from_args
+from utils.generate import (LoraRequest, add_sampling_arguments, prompts_from_args, run_generation,
+                            settings_from_args)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def run_cache(lora_folder: str | None) -> Path | None:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    prompts = prompts_from_args(args)
     for flag, folder in (("--spatial_path_folder", args.spatial_path_folder),
                          ("--temporal_path_folder", args.temporal_path_folder)):
         if folder and not Path(folder).exists():
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
     how_to_fix = ("use --noise_prior 0, or give a --temporal_path_folder (or --spatial_path_folder) inside "
                   "its training run (run/checkpoint-<N>/temporal/lora/ or run/temporal/lora/)")
     paths = run_generation(args.model, lora_requests(args), settings_from_args(args, write_gif=True), cache,
-                           how_to_fix, device=args.device, xformers=args.xformers)
+                           how_to_fix, device=args.device, xformers=args.xformers, prompts=prompts)
     for path in paths:
         print(f"wrote {path}")
 

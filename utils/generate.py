@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from utils.ddim import mix_noise_prior, prepare_prior_latents
 from utils.cli import process_state, resolve_device
 from utils.errors import UserError
 from utils.latent_cache import cached_files, invert_clip
+from utils.prompts_file import read_prompts_file
 from utils.video_io import write_video
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both inference scripts share, with the original's short names and defaults."""
     add = parser.add_argument
     add("-m", "--model", required=True, help="diffusers text-to-video folder (e.g. ZeroScope) or hub id")
-    add("-p", "--prompt", required=True, help="text prompt to generate")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("-p", "--prompt", help="text prompt to generate")
+    prompt.add_argument("--prompts_file", help="text file of prompts, one a line (blank lines and # comments "
+                                               "skipped): every prompt is generated with every seed")
     add("-n", "--negative-prompt", default=None, help="text to guide away from (default: the empty prompt)")
     add("-o", "--output_dir", default="./outputs/inference", help="folder the videos are written to")
     add("-B", "--batch-size", type=int, default=1, help="videos per sampling call (one file each)")
@@ -103,7 +107,7 @@ def settings_from_args(args: argparse.Namespace, write_gif: bool = False) -> Gen
     if args.lora_rank is not None:
         logger.info("--lora_rank %d ignored: the rank is read from the LoRA files", args.lora_rank)
     return GenerationSettings(
-        prompt=args.prompt,
+        prompt=args.prompt or "",  # with --prompts_file, run_generation sets each prompt
         negative_prompt=args.negative_prompt,
         output_dir=args.output_dir,
         batch_size=args.batch_size,
@@ -119,6 +123,11 @@ def settings_from_args(args: argparse.Namespace, write_gif: bool = False) -> Gen
         overwrite=args.overwrite,
         write_gif=write_gif,
     )
+
+
+def prompts_from_args(args: argparse.Namespace) -> list[str]:
+    """--prompt, or every prompt of --prompts_file (read now, so a bad file fails before loading)."""
+    return [args.prompt] if args.prompt is not None else read_prompts_file(args.prompts_file)
 
 
 def check_settings(settings: GenerationSettings) -> None:
@@ -365,8 +374,11 @@ def checked_noise_prior(settings: GenerationSettings, seeds: list[int], cache_di
 
 def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSettings,
                    cache_dir: Path | None, how_to_fix: str, device: str | None = None,
-                   xformers: bool = False) -> list[Path]:
-    """Everything a CLI does: check, load, sample, write. `cache_dir` is the run's cached_latents/."""
+                   xformers: bool = False, prompts: list[str] | None = None) -> list[Path]:
+    """Everything a CLI does: check, load, sample, write. `cache_dir` is the run's cached_latents/.
+
+    `prompts` (default: settings.prompt alone) are each generated with the same seeds.
+    """
     check_settings(settings)
     seeds = repeat_seeds(settings.seed, settings.repeat_num)
     if not my_share(len(seeds)):  # more processes than videos: nothing for this one to do
@@ -374,4 +386,7 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
     prior = checked_noise_prior(settings, seeds, cache_dir, how_to_fix)
     device, dtype = device_and_dtype(device)
     components = prepare_model(model, loras, device, dtype, xformers)
-    return generate_videos(components, settings, prior, seeds)
+    written = []
+    for prompt in prompts or [settings.prompt]:
+        written += generate_videos(components, replace(settings, prompt=prompt), prior, seeds)
+    return written
