@@ -173,7 +173,8 @@ def test_two_processes_draw_their_own_noise_and_resume_exactly(tiny_model_dir, t
 
 def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
     """Two different clips, one per process: one run folder, everything written once, and both
-    processes end with identical adapters (every adapter's gradient is synchronised)."""
+    processes end with identical adapters (every adapter's gradient is synchronised, and every
+    process steps the LR schedulers of the clips any process trained on)."""
     clips = tmp_path / "clips"
     make_moving_shape_video(clips / "red_square.mp4", frames=4, size=64, fps=8, shape="square")
     make_moving_shape_video(clips / "blue_circle.mp4", frames=4, size=64, fps=8, shape="circle",
@@ -185,7 +186,7 @@ def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
     overrides = _overrides(
         tiny_model_dir, out, **{
             "dataset_types": "[folder]", "train_data.path": clips, "train_data.fallback_prompt": "'A shape moves.'",
-            "single_spatial_lora": False, "max_train_steps": 3, "validation_steps": 3,
+            "single_spatial_lora": False, "max_train_steps": 3, "validation_steps": 3, "lr_scheduler": "linear",
             "validation_data.sample_preview": True,
         })
     _launch([probe, "--config", CONFIG, *overrides], MD_PROBE_DIR=str(tmp_path / "ranks"))

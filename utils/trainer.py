@@ -360,9 +360,19 @@ class _Loop:
         self._check_finite(total, step)
         self._sync_gradients()
         names = [n for n, ps in self.adapters.params.items() if any(p.grad is not None for p in ps)]
-        schedulers = list(dict.fromkeys(trained_on)) + ([TEMPORAL] if self.adapters.temporal else [])
+        schedulers = self._trained_clips(trained_on) + ([TEMPORAL] if self.adapters.temporal else [])
         self.optimisers.step(names, schedulers, self.adapters.params, self.scaler, self.cfg.max_grad_norm)
         return total.mean(), item
+
+    def _trained_clips(self, local: list[str]) -> list[str]:
+        """The spatial LoRAs whose clip any process trained on this step: every process steps the
+        same LR schedulers, so their learning rates stay equal."""
+        if self.acc.num_processes == 1:
+            return list(dict.fromkeys(local))
+        names = self.adapters.spatial
+        mask = torch.tensor([float(n in local) for n in names], device=self.acc.device)
+        mask = self.acc.reduce(mask, reduction="sum")
+        return [n for n, used in zip(names, mask.tolist()) if used]
 
     def _spatial_name(self, item: dict) -> str:
         """The clip's own spatial LoRA (or the shared one)."""
