@@ -34,8 +34,9 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python benchmarks/benchmark.py` from anywhere
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # run as `python benchmarks/benchmark.py` from anywhere
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -50,7 +51,9 @@ from models.pipeline import (  # noqa: E402
     encode_video,
     load_components,
 )
+import estimate  # noqa: E402
 from models.unet import (  # noqa: E402
+    DEFAULT_GRANULARITY,
     apply_single_frame_rule,
     disable_gradient_checkpointing,
     enable_gradient_checkpointing,
@@ -69,18 +72,7 @@ LEARNING_RATE, WEIGHT_DECAY = 5e-4, 1e-2
 PROMPT = "A car is running on the road."
 
 # ZeroScope v2 576w / ModelScope T2V: the real architecture, built here with random weights.
-ZEROSCOPE_UNET = dict(
-    sample_size=32, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
-    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
-    cross_attention_dim=1024, attention_head_dim=64,
-)
-SD2_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=768, scaling_factor=0.18215,
-)
+ZEROSCOPE_UNET, SD2_VAE = estimate.ZEROSCOPE_UNET, estimate.SD2_VAE
 CLIP_VIT_H_TEXT = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
     hidden_act="gelu", max_position_embeddings=77, projection_dim=512, vocab_size=49408, pad_token_id=0,
@@ -103,9 +95,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model", help="diffusers text-to-video folder (e.g. a ZeroScope clone)")
-    model.add_argument("--arch", choices=("tiny", "zeroscope"), default="tiny",
+    model.add_argument("--arch", choices=("tiny", "zeroscope", "modelscope"), default="tiny",
                        help="random weights built in code when no --model: the tiny test model or the real "
-                            "ZeroScope v2 / ModelScope architecture (default tiny)")
+                            "ZeroScope v2 / ModelScope architecture (one UNet; default tiny)")
+    p.add_argument("--estimate", action="store_true",
+                   help="predict the GPU peak memory and FLOPs of one training step by tracing it on meta "
+                        "tensors (nothing allocated, no GPU needed) instead of running it")
+    p.add_argument("--grid", action="store_true",
+                   help="with --estimate: the whole grid (384x384x16, 576x320x24, 576x320x16 x fp16/bf16 x "
+                        "checkpointing off/block/fine) for --arch and --rank")
     p.add_argument("--video", help="training clip (default: a synthetic moving square)")
     p.add_argument("--prompt", default=PROMPT, help="training prompt and sampling prompt")
     p.add_argument("--width", type=int, default=64, help="frame width, a multiple of 8 (default 64)")
@@ -120,7 +118,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="frozen weights' dtype and autocast; LoRA weights stay fp32 (default fp32)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as the reference figures)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA in fp32")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet blocks in the backward")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help=f"recompute activations in the backward ({DEFAULT_GRANULARITY!r} granularity)")
+    p.add_argument("--checkpointing", choices=estimate.CHECKPOINTING,
+                   help="checkpointing granularity: off, per UNet block, or fine (per resnet / attention / "
+                        "temporal module); overrides --gradient-checkpointing")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time is in the warm-up)")
     p.add_argument("--attention", choices=("sdpa", "xformers", "eager"), default="sdpa",
                    help="attention processor: PyTorch SDPA, xformers, or diffusers' plain AttnProcessor")
@@ -146,6 +148,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise UserError(f"--{name} must be a multiple of 8 (the VAE downsamples by 8), got {getattr(args, name)}")
     if min(args.frames, args.steps, args.rank, args.threads) < 1 or args.warmup < 0:
         raise UserError("--frames, --steps, --rank and --threads must be >= 1 and --warmup >= 0")
+    if args.grid and not args.estimate:
+        raise UserError("--grid goes with --estimate")
+    args.checkpointing = args.checkpointing or (DEFAULT_GRANULARITY if args.gradient_checkpointing else "off")
+    args.gradient_checkpointing = args.checkpointing != "off"
     return args
 
 
@@ -302,7 +308,7 @@ class TrainBench:
         self.settings = ts.StepSettings()
         self.attention = self._set_attention(args.attention)
         if args.gradient_checkpointing:
-            enable_gradient_checkpointing(self.unet)
+            enable_gradient_checkpointing(self.unet, args.checkpointing)
         self.unet.train()
 
     def _make_optimisers(self, params):
@@ -602,7 +608,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
 def describe(r: dict) -> str:
     s = r["setup"]
     model = s["model"] or f"{s['arch']} (random weights)"
-    flags = [name for name in ("original_order", "gradient_checkpointing", "compile", "tf32") if s[name]]
+    flags = [name for name in ("original_order", "compile", "tf32") if s[name]]
+    if s.get("checkpointing", "off") != "off":
+        flags.append(f"checkpointing {s['checkpointing']}")
     return (f"{model}, {s['width']}x{s['height']}x{s['frames']} frames, rank {s['rank']}, "
             f"{r['device']} ({r['device_name']}), {r['threads']} threads, {s['precision']}, "
             f"attention {s['attention']}, prompt cache {'on' if s['prompt_cache'] else 'off'}, "
@@ -648,6 +656,49 @@ def run_compare(base_argv: list[str], flag_sets: tuple[str, str]) -> dict:
     return {"compare": list(flag_sets), "results": results, "b_over_a": ratios}
 
 
+# ---------------------------------------------------------------- --estimate
+
+def unet_config(args) -> dict:
+    if args.model:
+        from diffusers import UNet3DConditionModel
+
+        return dict(UNet3DConditionModel.load_config(args.model, subfolder="unet"))
+    if args.arch == "tiny":
+        from utils.tiny_model import UNET_CONFIG
+
+        return UNET_CONFIG
+    return estimate.UNET_CONFIGS[args.arch]
+
+
+def run_estimate(args):
+    """The prediction for the setup (a dict), or for the whole grid (a list of dicts)."""
+    if args.grid:
+        if args.model or args.arch == "tiny":
+            raise UserError("--grid is for --arch zeroscope or modelscope")
+        results = estimate.grid(args.arch, args.rank)
+        print_estimates(results)
+        return results
+    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
+                           args.precision, args.checkpointing)
+    result = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup)
+    print_estimates([result])
+    return result
+
+
+def print_estimates(results: list[dict]) -> None:
+    gpus = list(estimate.GPU_PEAK_TFLOPS)
+    print("predicted (traced on meta tensors, CUDA autocast + flash attention emulated); GB = GiB; "
+          f"s/step at {estimate.MFU:.0%} of the dense fp16/bf16 peak")
+    print(f"{'size':<12} {'prec':<5} {'ckpt':<6} {'weights':>8} {'LoRA+opt':>8} {'acts':>7} {'peak GB':>8} "
+          f"{'TFLOP':>7} " + " ".join(f"{g + ' s':>11}" for g in gpus))
+    for r in results:
+        lora = r["lora_params_gb"] + r["lora_grads_at_peak_gb"] + r["optimizer_state_gb"]
+        print(f"{r['width']}x{r['height']}x{r['frames']:<4} {r['precision']:<5} {r['checkpointing']:<6} "
+              f"{r['weights_gb'] + r['vae_gb']:>8.2f} {lora:>8.2f} {r['activations_at_peak_gb']:>7.2f} "
+              f"{r['predicted_peak_gb']:>8.2f} {r['flops_per_step'] / 1e12:>7.1f} "
+              + " ".join(f"{r['predicted_s_per_step'][g]:>11.2f}" for g in gpus))
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     base, flag_sets = split_compare(argv)
@@ -655,8 +706,12 @@ def main(argv: list[str] | None = None) -> dict:
         parse_args(base)  # fail early on a bad common flag
         result = run_compare(base, flag_sets)
     else:
-        result = run(parse_args(argv))
-        print_result(result)
+        args = parse_args(argv)
+        if args.estimate:
+            result = run_estimate(args)
+        else:
+            result = run(args)
+            print_result(result)
     print(json.dumps(result))
     return result
 
