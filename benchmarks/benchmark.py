@@ -101,6 +101,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--estimate", action="store_true",
                    help="predict the GPU peak memory and FLOPs of one training step by tracing it on meta "
                         "tensors (nothing allocated, no GPU needed) instead of running it")
+    p.add_argument("--estimate-check", action="store_true",
+                   help="check the predictor on this CPU (fp32): run one real step, measure the peak of "
+                        "torch's CPU allocations (profiler memory events) and print it beside the prediction")
     p.add_argument("--grid", action="store_true",
                    help="with --estimate: the whole grid (384x384x16, 576x320x24, 576x320x16 x fp16/bf16 x "
                         "checkpointing off/block/fine) for --arch and --rank")
@@ -671,17 +674,62 @@ def unet_config(args) -> dict:
 
 
 def run_estimate(args):
-    """The prediction for the setup (a dict), or for the whole grid (a list of dicts)."""
+    """The prediction for the setup, or {"grid": [one per setup]}."""
     if args.grid:
         if args.model or args.arch == "tiny":
             raise UserError("--grid is for --arch zeroscope or modelscope")
         results = estimate.grid(args.arch, args.rank)
         print_estimates(results)
-        return results
+        return {"grid": results}
     setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
                            args.precision, args.checkpointing)
     result = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup)
     print_estimates([result])
+    return result
+
+
+def peak_cpu_allocations(fn) -> int:
+    """Peak bytes held by torch's CPU allocator during fn(), above what it held before.
+
+    Read from the profiler's memory events (every allocation and free, with its size): unlike
+    RSS it sees only tensors, and unlike tracemalloc it sees torch's allocator.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def check_estimate(args) -> dict:
+    """One real fp32 step on the CPU, measured, beside the CPU prediction of the same step."""
+    if args.precision != "fp32" or (args.device or "cpu") != "cpu":
+        raise UserError("--estimate-check runs on the CPU in fp32 (--precision fp32 --device cpu)")
+    device = torch.device("cpu")
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    components = build_components(args, device, torch.float32)
+    latents = encode_video(components.vae, load_clip(args)[None]).float()
+    bench = TrainBench(args, components, latents, device)
+    seed = next(s for s in range(args.seed, args.seed + 100) if not spatial_skipped(s))  # both losses
+    bench.step(seed)  # warm-up: the AdamW state and the prompt cache exist before the measured step
+    measured = peak_cpu_allocations(lambda: bench.step(seed))
+    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
+                           "fp32", args.checkpointing)
+    predicted = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup, target="cpu")
+    result = {k: predicted[k] for k in ("width", "height", "frames", "rank", "checkpointing")}
+    result.update(arch=setup.arch, predicted_step_mb=predicted["step_above_start_bytes"] / 2**20,
+                  measured_step_mb=measured / 2**20, load_avg_1m=round(os.getloadavg()[0], 2))
+    result["measured_over_predicted"] = measured / predicted["step_above_start_bytes"]
+    print(f"{setup.arch} {args.width}x{args.height}x{args.frames}, rank {args.rank}, fp32, checkpointing "
+          f"{args.checkpointing}: memory a training step adds on the CPU, predicted "
+          f"{result['predicted_step_mb']:.1f} MB, measured {result['measured_step_mb']:.1f} MB "
+          f"(measured/predicted {result['measured_over_predicted']:.3f})")
     return result
 
 
@@ -707,7 +755,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_compare(base, flag_sets)
     else:
         args = parse_args(argv)
-        if args.estimate:
+        if args.estimate_check:
+            result = check_estimate(args)
+        elif args.estimate:
             result = run_estimate(args)
         else:
             result = run(args)

@@ -28,7 +28,6 @@ import random
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from functools import partial
 from unittest import mock
 
 import torch
@@ -108,14 +107,15 @@ class CudaAutocast(TorchFunctionMode):
     counted. `enabled` is toggled by `autocast()`; checkpoint recomputation restores it.
     """
 
-    def __init__(self, dtype: torch.dtype):
+    def __init__(self, dtype: torch.dtype, attention=None):
         super().__init__()
         self.dtype, self.enabled = dtype, False
+        self.attention = attention or cuda_attention
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            return cuda_attention(*_cast(args, self.dtype) if self.enabled else args, **kwargs)
+            return self.attention(*_cast(args, self.dtype) if self.enabled else args, **kwargs)
         if self.enabled and func in _LOWER:
             return func(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))
         if self.enabled and func in _FP32:
@@ -167,6 +167,12 @@ def cuda_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
         return out[..., :head_dim] if pad else out
     return torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, attn_mask, True, dropout_p, is_causal, scale=scale)[0]
+
+
+def cpu_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    """SDPA as the CPU runs it in training (its flash kernel), for checking against a CPU run."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
 
 
 @contextmanager
@@ -344,6 +350,7 @@ def trace(unet, tracer: StepTracer) -> tuple[dict, FlopCount]:
     tracer.before_forward = tracker.reset_mod_stats
     counter = FlopCount()
     with tracker, counter:
+        tracer.state_at_start = tracker.get_tracker_snapshot()[torch.device("meta")]["Total"]
         tracer.step()
     peak = tracker.get_tracker_snapshot("peak")[torch.device("meta")]  # AdamW's step counts are on the CPU
     return {getattr(k, "value", k): v for k, v in peak.items()}, counter
@@ -357,8 +364,14 @@ def set_checkpointing(unet, kind: str) -> None:
         enable_gradient_checkpointing(unet, granularity=kind)
 
 
-def estimate_unet(unet, setup: Setup, emulate_cuda: bool = True) -> dict:
-    """Trace one step of `unet` (parameters on meta) for `setup`; returns the prediction."""
+def estimate_unet(unet, setup: Setup, target: str = "cuda") -> dict:
+    """Trace one step of `unet` (parameters on meta) for `setup`; returns the prediction.
+
+    `target="cpu"` predicts a CPU run instead (fp32 only: the CPU's flash attention, no autocast),
+    to check the predictor against a step measured on this machine.
+    """
+    if target == "cpu" and setup.precision != "fp32":
+        raise ValueError("a CPU prediction is for fp32 runs (autocast does not act on meta tensors)")
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     dtype = DTYPES[setup.precision]
@@ -366,19 +379,15 @@ def estimate_unet(unet, setup: Setup, emulate_cuda: bool = True) -> dict:
     set_checkpointing(unet, setup.checkpointing)
     unet.train()
     start = time.perf_counter()
-    emulation = CudaAutocast(dtype)
+    emulation = CudaAutocast(dtype, cuda_attention if target == "cuda" else cpu_attention)
     with torch.random.fork_rng():
         materialise(unet, dtype)
-        if emulate_cuda:
-            scope, autocast = emulation, emulation.autocast
-        else:  # the CPU's own kernels and autocast: for checking against a real CPU run
-            scope = nullcontext()
-            autocast = partial(torch.autocast, "cpu", dtype) if dtype != torch.float32 else nullcontext
-        tracer = StepTracer(unet, setup, autocast)
-        recompute = recompute_with_autocast_state(emulation) if emulate_cuda else nullcontext()
-        with ZeroItems(), scope, recompute:
+        tracer = StepTracer(unet, setup, emulation.autocast if target == "cuda" else nullcontext)
+        with ZeroItems(), emulation, recompute_with_autocast_state(emulation):
             peak, counter = trace(unet, tracer)
-    return summarise(unet, setup, peak, counter, time.perf_counter() - start)
+    result = summarise(unet, setup, peak, counter, time.perf_counter() - start)
+    result["step_above_start_bytes"] = peak["Total"] - tracer.state_at_start  # what the step itself adds
+    return result
 
 
 def vae_bytes(dtype: torch.dtype, config: dict = SD2_VAE) -> int:
