@@ -115,6 +115,14 @@ def test_estimate_cli_ends_with_the_prediction_json(capsys):
     assert result["checkpointing"] == benchmark.DEFAULT_GRANULARITY
 
 
+def test_cpu_prediction_matches_the_measured_step(tiny_model_dir, capsys):
+    """The same trace with the CPU's kernels against the CPU allocator's peak in one real step."""
+    result = benchmark.main(["--estimate-check", "--model", str(tiny_model_dir), "--width", "32", "--height", "32",
+                             "--frames", "4", "--rank", "4", "--threads", "1", "--checkpointing", "fine"])
+    assert result["measured_over_predicted"] == pytest.approx(1.0, abs=0.02)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpointing"] == "fine"
+
+
 def test_modelscope_unet_is_the_diffusers_default_unet3d():
     """diffusers converts the ModelScope checkpoint into UNet3DConditionModel() with default arguments."""
     from diffusers import UNet3DConditionModel
