@@ -102,8 +102,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="predict the GPU peak memory and FLOPs of one training step by tracing it on meta "
                         "tensors (nothing allocated, no GPU needed) instead of running it")
     p.add_argument("--estimate-check", action="store_true",
-                   help="check the predictor on this CPU (fp32): run one real step, measure the peak of "
-                        "torch's CPU allocations (profiler memory events) and print it beside the prediction")
+                   help="check the predictor: run one real step and print the memory it adds beside the "
+                        "prediction (CUDA: max_memory_allocated; CPU, fp32 only: profiler memory events)")
     p.add_argument("--grid", action="store_true",
                    help="with --estimate: the whole grid (384x384x16, 576x320x24, 576x320x16 x fp16/bf16 x "
                         "checkpointing off/block/fine) for --arch and --rank")
@@ -535,7 +535,7 @@ def run(args) -> dict:
     if args.tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     load_start = os.getloadavg()[0]
-    if args.arch == "zeroscope" and not args.model and device.type == "cpu":
+    if args.arch != "tiny" and not args.model and device.type == "cpu":
         logger.warning("--arch zeroscope on the CPU is very slow (1.4B-parameter UNet): expect minutes per step")
     dtype = DTYPES[args.precision]
     seed_everything(args.seed)  # the same latents (sampled from the VAE posterior) in every setup
@@ -706,28 +706,46 @@ def peak_cpu_allocations(fn) -> int:
     return peak
 
 
+def peak_cuda_allocations(fn, device) -> int:
+    """Peak of `max_memory_allocated` during fn(), above what was allocated before."""
+    sync(device)
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - start
+
+
 def check_estimate(args) -> dict:
-    """One real fp32 step on the CPU, measured, beside the CPU prediction of the same step."""
-    if args.precision != "fp32" or (args.device or "cpu") != "cpu":
-        raise UserError("--estimate-check runs on the CPU in fp32 (--precision fp32 --device cpu)")
-    device = torch.device("cpu")
+    """One real step, measured, beside the prediction of the same step: on a GPU the CUDA
+    prediction against max_memory_allocated; on the CPU (fp32) the CPU prediction against the
+    allocator's events."""
+    from utils.cli import resolve_device
+
+    device = torch.device(resolve_device(args.device))
+    if device.type == "cpu" and args.precision != "fp32":
+        raise UserError("--estimate-check on the CPU is for fp32 (--precision fp32)")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    components = build_components(args, device, torch.float32)
-    latents = encode_video(components.vae, load_clip(args)[None]).float()
+    components = build_components(args, device, DTYPES[args.precision])
+    latents = encode_video(components.vae, load_clip(args).to(device, DTYPES[args.precision])[None]).float()
     bench = TrainBench(args, components, latents, device)
     seed = next(s for s in range(args.seed, args.seed + 100) if not spatial_skipped(s))  # both losses
     bench.step(seed)  # warm-up: the AdamW state and the prompt cache exist before the measured step
-    measured = peak_cpu_allocations(lambda: bench.step(seed))
+    if device.type == "cuda":
+        measured = peak_cuda_allocations(lambda: bench.step(seed), device)
+    else:
+        measured = peak_cpu_allocations(lambda: bench.step(seed))
     setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
-                           "fp32", args.checkpointing)
-    predicted = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup, target="cpu")
-    result = {k: predicted[k] for k in ("width", "height", "frames", "rank", "checkpointing")}
-    result.update(arch=setup.arch, predicted_step_mb=predicted["step_above_start_bytes"] / 2**20,
+                           args.precision, args.checkpointing)
+    predicted = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup,
+                                       target=device.type)
+    result = {k: predicted[k] for k in ("width", "height", "frames", "rank", "precision", "checkpointing")}
+    result.update(arch=setup.arch, device=device.type, predicted_step_mb=predicted["step_above_start_bytes"] / 2**20,
                   measured_step_mb=measured / 2**20, load_avg_1m=round(os.getloadavg()[0], 2))
     result["measured_over_predicted"] = measured / predicted["step_above_start_bytes"]
-    print(f"{setup.arch} {args.width}x{args.height}x{args.frames}, rank {args.rank}, fp32, checkpointing "
-          f"{args.checkpointing}: memory a training step adds on the CPU, predicted "
+    print(f"{setup.arch} {args.width}x{args.height}x{args.frames}, rank {args.rank}, {args.precision}, "
+          f"checkpointing {args.checkpointing}, {device.type}: memory a training step adds, predicted "
           f"{result['predicted_step_mb']:.1f} MB, measured {result['measured_step_mb']:.1f} MB "
           f"(measured/predicted {result['measured_over_predicted']:.3f})")
     return result
