@@ -90,8 +90,10 @@ _LOWER = {torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torc
           torch.addmm, torch.Tensor.addmm, torch.einsum, torch.prelu}
 _FP32 = {F.group_norm, torch.group_norm, F.layer_norm, torch.layer_norm, torch.exp, torch.Tensor.exp,
          torch.log, torch.Tensor.log, torch.rsqrt, torch.Tensor.rsqrt, torch.pow, torch.Tensor.pow,
-         torch.Tensor.__pow__, F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax,
-         F.mse_loss, F.l1_loss, F.softplus, F.interpolate, torch.cumsum, torch.sum, torch.Tensor.sum}
+         torch.Tensor.__pow__, F.mse_loss, F.l1_loss, F.softplus, F.interpolate}
+# Ops CUDA autocast runs with dtype=float32 (fp32 output, no fp32 copy of the input).
+_FP32_OUT = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax,
+             torch.Tensor.log_softmax, torch.cumsum, torch.Tensor.cumsum, torch.sum, torch.Tensor.sum}
 
 
 def _cast(value, dtype):
@@ -122,6 +124,8 @@ class CudaAutocast(TorchFunctionMode):
             return func(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))
         if self.enabled and func in _FP32:
             return func(*_cast(args, torch.float32), **kwargs)
+        if self.enabled and func in _FP32_OUT and args[0].dtype in (torch.float16, torch.bfloat16):
+            kwargs.setdefault("dtype", torch.float32)
         return func(*args, **kwargs)
 
     @contextmanager
