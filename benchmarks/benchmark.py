@@ -10,6 +10,9 @@ backward) plus both AdamW steps, wired as `utils.trainer` wires them. Every step
 `--seed + step`, so two setups see the same spatial-loss skips, noise and timesteps.
 `--original-order` replays the original code's per-step work instead (prompt re-encoded, both
 forwards before the backwards, non-fused AdamW) for a before/after on one machine.
+`--estimate` predicts instead of measuring: the GPU peak memory and FLOPs of one training step of
+the full-size UNet, traced on meta tensors without a GPU (benchmarks/estimate.py; `--grid` for the
+whole grid, `--estimate-check` to compare with a measured step).
 Prints a table, then one JSON line (always the last line of stdout) for scripts.
 """
 
