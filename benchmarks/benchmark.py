@@ -10,6 +10,9 @@ backward) plus both AdamW steps, wired as `utils.trainer` wires them. Every step
 `--seed + step`, so two setups see the same spatial-loss skips, noise and timesteps.
 `--original-order` replays the original code's per-step work instead (prompt re-encoded, both
 forwards before the backwards, non-fused AdamW) for a before/after on one machine.
+`--estimate` predicts instead of measuring: the GPU peak memory and FLOPs of one training step of
+the full-size UNet, traced on meta tensors without a GPU (benchmarks/estimate.py; `--grid` for the
+whole grid, `--estimate-check` to compare with a measured step).
 Prints a table, then one JSON line (always the last line of stdout) for scripts.
 """
 
@@ -34,8 +37,9 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python benchmarks/benchmark.py` from anywhere
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # run as `python benchmarks/benchmark.py` from anywhere
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -50,7 +54,9 @@ from models.pipeline import (  # noqa: E402
     encode_video,
     load_components,
 )
+import estimate  # noqa: E402
 from models.unet import (  # noqa: E402
+    DEFAULT_GRANULARITY,
     apply_single_frame_rule,
     disable_gradient_checkpointing,
     enable_gradient_checkpointing,
@@ -69,18 +75,7 @@ LEARNING_RATE, WEIGHT_DECAY = 5e-4, 1e-2
 PROMPT = "A car is running on the road."
 
 # ZeroScope v2 576w / ModelScope T2V: the real architecture, built here with random weights.
-ZEROSCOPE_UNET = dict(
-    sample_size=32, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
-    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
-    cross_attention_dim=1024, attention_head_dim=64,
-)
-SD2_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=768, scaling_factor=0.18215,
-)
+ZEROSCOPE_UNET, SD2_VAE = estimate.ZEROSCOPE_UNET, estimate.SD2_VAE
 CLIP_VIT_H_TEXT = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
     hidden_act="gelu", max_position_embeddings=77, projection_dim=512, vocab_size=49408, pad_token_id=0,
@@ -103,9 +98,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model", help="diffusers text-to-video folder (e.g. a ZeroScope clone)")
-    model.add_argument("--arch", choices=("tiny", "zeroscope"), default="tiny",
+    model.add_argument("--arch", choices=("tiny", "zeroscope", "modelscope"), default="tiny",
                        help="random weights built in code when no --model: the tiny test model or the real "
-                            "ZeroScope v2 / ModelScope architecture (default tiny)")
+                            "ZeroScope v2 / ModelScope architecture (one UNet; default tiny)")
+    p.add_argument("--estimate", action="store_true",
+                   help="predict the GPU peak memory and FLOPs of one training step by tracing it on meta "
+                        "tensors (nothing allocated, no GPU needed) instead of running it")
+    p.add_argument("--estimate-check", action="store_true",
+                   help="check the predictor: run one real step and print the memory it adds beside the "
+                        "prediction (CUDA: max_memory_allocated; CPU, fp32 only: profiler memory events)")
+    p.add_argument("--grid", action="store_true",
+                   help="with --estimate: the whole grid (384x384x16, 576x320x24, 576x320x16 x fp16/bf16 x "
+                        "checkpointing off/block/fine) for --arch and --rank")
     p.add_argument("--video", help="training clip (default: a synthetic moving square)")
     p.add_argument("--prompt", default=PROMPT, help="training prompt and sampling prompt")
     p.add_argument("--width", type=int, default=64, help="frame width, a multiple of 8 (default 64)")
@@ -120,7 +124,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="frozen weights' dtype and autocast; LoRA weights stay fp32 (default fp32)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as the reference figures)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA in fp32")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet blocks in the backward")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help=f"recompute activations in the backward ({DEFAULT_GRANULARITY!r} granularity)")
+    p.add_argument("--checkpointing", choices=estimate.CHECKPOINTING,
+                   help="checkpointing granularity: off, per UNet block, or fine (per resnet / attention / "
+                        "temporal module); overrides --gradient-checkpointing")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time is in the warm-up)")
     p.add_argument("--attention", choices=("sdpa", "xformers", "eager"), default="sdpa",
                    help="attention processor: PyTorch SDPA, xformers, or diffusers' plain AttnProcessor")
@@ -146,6 +154,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise UserError(f"--{name} must be a multiple of 8 (the VAE downsamples by 8), got {getattr(args, name)}")
     if min(args.frames, args.steps, args.rank, args.threads) < 1 or args.warmup < 0:
         raise UserError("--frames, --steps, --rank and --threads must be >= 1 and --warmup >= 0")
+    if args.grid and not args.estimate:
+        raise UserError("--grid goes with --estimate")
+    args.checkpointing = args.checkpointing or (DEFAULT_GRANULARITY if args.gradient_checkpointing else "off")
+    args.gradient_checkpointing = args.checkpointing != "off"
     return args
 
 
@@ -302,7 +314,7 @@ class TrainBench:
         self.settings = ts.StepSettings()
         self.attention = self._set_attention(args.attention)
         if args.gradient_checkpointing:
-            enable_gradient_checkpointing(self.unet)
+            enable_gradient_checkpointing(self.unet, args.checkpointing)
         self.unet.train()
 
     def _make_optimisers(self, params):
@@ -526,7 +538,7 @@ def run(args) -> dict:
     if args.tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     load_start = os.getloadavg()[0]
-    if args.arch == "zeroscope" and not args.model and device.type == "cpu":
+    if args.arch != "tiny" and not args.model and device.type == "cpu":
         logger.warning("--arch zeroscope on the CPU is very slow (1.4B-parameter UNet): expect minutes per step")
     dtype = DTYPES[args.precision]
     seed_everything(args.seed)  # the same latents (sampled from the VAE posterior) in every setup
@@ -602,7 +614,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
 def describe(r: dict) -> str:
     s = r["setup"]
     model = s["model"] or f"{s['arch']} (random weights)"
-    flags = [name for name in ("original_order", "gradient_checkpointing", "compile", "tf32") if s[name]]
+    flags = [name for name in ("original_order", "compile", "tf32") if s[name]]
+    if s.get("checkpointing", "off") != "off":
+        flags.append(f"checkpointing {s['checkpointing']}")
     return (f"{model}, {s['width']}x{s['height']}x{s['frames']} frames, rank {s['rank']}, "
             f"{r['device']} ({r['device_name']}), {r['threads']} threads, {s['precision']}, "
             f"attention {s['attention']}, prompt cache {'on' if s['prompt_cache'] else 'off'}, "
@@ -648,6 +662,112 @@ def run_compare(base_argv: list[str], flag_sets: tuple[str, str]) -> dict:
     return {"compare": list(flag_sets), "results": results, "b_over_a": ratios}
 
 
+# ---------------------------------------------------------------- --estimate
+
+def unet_config(args) -> dict:
+    if args.model:
+        from diffusers import UNet3DConditionModel
+
+        return dict(UNet3DConditionModel.load_config(args.model, subfolder="unet"))
+    if args.arch == "tiny":
+        from utils.tiny_model import UNET_CONFIG
+
+        return UNET_CONFIG
+    return estimate.UNET_CONFIGS[args.arch]
+
+
+def run_estimate(args):
+    """The prediction for the setup, or {"grid": [one per setup]}."""
+    if args.grid:
+        if args.model or args.arch == "tiny":
+            raise UserError("--grid is for --arch zeroscope or modelscope")
+        results = estimate.grid(args.arch, args.rank)
+        print_estimates(results)
+        return {"grid": results}
+    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
+                           args.precision, args.checkpointing)
+    result = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup)
+    print_estimates([result])
+    return result
+
+
+def peak_cpu_allocations(fn) -> int:
+    """Peak bytes held by torch's CPU allocator during fn(), above what it held before.
+
+    Read from the profiler's memory events (every allocation and free, with its size): unlike
+    RSS it sees only tensors, and unlike tracemalloc it sees torch's allocator.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def peak_cuda_allocations(fn, device) -> int:
+    """Peak of `max_memory_allocated` during fn(), above what was allocated before."""
+    sync(device)
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - start
+
+
+def check_estimate(args) -> dict:
+    """One real step, measured, beside the prediction of the same step: on a GPU the CUDA
+    prediction against max_memory_allocated; on the CPU (fp32) the CPU prediction against the
+    allocator's events."""
+    from utils.cli import resolve_device
+
+    device = torch.device(resolve_device(args.device))
+    if device.type == "cpu" and args.precision != "fp32":
+        raise UserError("--estimate-check on the CPU is for fp32 (--precision fp32)")
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    components = build_components(args, device, DTYPES[args.precision])
+    latents = encode_video(components.vae, load_clip(args).to(device, DTYPES[args.precision])[None]).float()
+    bench = TrainBench(args, components, latents, device)
+    seed = next(s for s in range(args.seed, args.seed + 100) if not spatial_skipped(s))  # both losses
+    bench.step(seed)  # warm-up: the AdamW state and the prompt cache exist before the measured step
+    if device.type == "cuda":
+        measured = peak_cuda_allocations(lambda: bench.step(seed), device)
+    else:
+        measured = peak_cpu_allocations(lambda: bench.step(seed))
+    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
+                           args.precision, args.checkpointing)
+    predicted = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup,
+                                       target=device.type)
+    result = {k: predicted[k] for k in ("width", "height", "frames", "rank", "precision", "checkpointing")}
+    result.update(arch=setup.arch, device=device.type, predicted_step_mb=predicted["step_above_start_bytes"] / 2**20,
+                  measured_step_mb=measured / 2**20, load_avg_1m=round(os.getloadavg()[0], 2))
+    result["measured_over_predicted"] = measured / predicted["step_above_start_bytes"]
+    print(f"{setup.arch} {args.width}x{args.height}x{args.frames}, rank {args.rank}, {args.precision}, "
+          f"checkpointing {args.checkpointing}, {device.type}: memory a training step adds, predicted "
+          f"{result['predicted_step_mb']:.1f} MB, measured {result['measured_step_mb']:.1f} MB "
+          f"(measured/predicted {result['measured_over_predicted']:.3f})")
+    return result
+
+
+def print_estimates(results: list[dict]) -> None:
+    gpus = list(estimate.GPU_PEAK_TFLOPS)
+    print("predicted (traced on meta tensors, CUDA autocast + flash attention emulated); GB = GiB; "
+          f"s/step at {estimate.MFU:.0%} of the dense fp16/bf16 peak")
+    print(f"{'size':<12} {'prec':<5} {'ckpt':<6} {'weights':>8} {'LoRA+opt':>8} {'acts':>7} {'peak GB':>8} "
+          f"{'TFLOP':>7} " + " ".join(f"{g + ' s':>11}" for g in gpus))
+    for r in results:
+        lora = r["lora_params_gb"] + r["lora_grads_at_peak_gb"] + r["optimizer_state_gb"]
+        print(f"{r['width']}x{r['height']}x{r['frames']:<4} {r['precision']:<5} {r['checkpointing']:<6} "
+              f"{r['weights_gb'] + r['vae_gb']:>8.2f} {lora:>8.2f} {r['activations_at_peak_gb']:>7.2f} "
+              f"{r['predicted_peak_gb']:>8.2f} {r['flops_per_step'] / 1e12:>7.1f} "
+              + " ".join(f"{r['predicted_s_per_step'][g]:>11.2f}" for g in gpus))
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     base, flag_sets = split_compare(argv)
@@ -655,8 +775,14 @@ def main(argv: list[str] | None = None) -> dict:
         parse_args(base)  # fail early on a bad common flag
         result = run_compare(base, flag_sets)
     else:
-        result = run(parse_args(argv))
-        print_result(result)
+        args = parse_args(argv)
+        if args.estimate_check:
+            result = check_estimate(args)
+        elif args.estimate:
+            result = run_estimate(args)
+        else:
+            result = run(args)
+            print_result(result)
     print(json.dumps(result))
     return result
 
