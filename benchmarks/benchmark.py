@@ -354,7 +354,7 @@ class TrainBench:
             return self._original_step()
         losses = self.forward_backward_seeded()
         names = [n for n, ps in self.adapters.params.items() if any(p.grad is not None for p in ps)]
-        self.optimisers.step(names, self.scaler)
+        self.optimisers.step(names, list(self.optimisers.schedulers), self.adapters.params, self.scaler)
         return losses
 
     def forward_backward(self, seed: int) -> ts.StepLosses:
