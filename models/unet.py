@@ -22,6 +22,7 @@ from diffusers.models.transformers.transformer_temporal import (
 
 logger = logging.getLogger(__name__)
 
+
 class SingleFrameSkippingTransformer(TransformerTemporalModel):
     """A temporal transformer that is the identity on a one-frame clip."""
 
