@@ -14,6 +14,8 @@ forwards before the backwards, non-fused AdamW) for a before/after on one machin
 the full-size UNet, traced on meta tensors without a GPU (benchmarks/estimate.py; `--grid` for the
 whole grid, `--estimate-check` to compare with a measured step).
 Prints a table, then one JSON line (always the last line of stdout) for scripts.
+`--vs-original [its flags]` runs benchmarks/vs_original.py instead: our training loop against the
+original code's own loop, side by side (needs the oracle harness in ../shared/oracle).
 """
 
 from __future__ import annotations
@@ -148,6 +150,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compare", nargs=2, metavar=("FLAGS_A", "FLAGS_B"),
                    help='run two setups in subprocesses and print them side by side, e.g. '
                         '--compare "--original-order" ""; each is appended to the other arguments')
+    p.add_argument("--vs-original", action="store_true",
+                   help="time our training loop against the original code's own loop instead (the other flags "
+                        "are benchmarks/vs_original.py's: --seeds, --steps, --skip, ...; see its --help)")
     args = p.parse_args(argv)
     for name in ("width", "height"):
         if getattr(args, name) % 8:
@@ -770,6 +775,10 @@ def print_estimates(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--vs-original" in argv:  # our loop against the original's own (benchmarks/vs_original.py)
+        from benchmarks import vs_original
+
+        return vs_original.main([a for a in argv if a != "--vs-original"])
     base, flag_sets = split_compare(argv)
     if flag_sets is not None:
         parse_args(base)  # fail early on a bad common flag
