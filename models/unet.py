@@ -51,10 +51,37 @@ def apply_single_frame_rule(unet: torch.nn.Module) -> torch.nn.Module:
     return unet
 
 
+class CachedDtypeUNet3D(UNet3DConditionModel):
+    """The stock UNet, whose `dtype` is looked up once instead of on every call.
+
+    diffusers' `ModelMixin.dtype` walks every submodule looking for casting hooks (2-5 ms on the
+    tiny model with LoRA, more on ZeroScope); the UNet asks for it in every forward and sampling
+    twice more per step. `.to()`, `.half()`, `.float()` (all through `_apply`) drop the cache.
+    """
+
+    @property
+    def dtype(self) -> torch.dtype:
+        cached = self.__dict__.get("_cached_dtype")
+        if cached is None:
+            cached = self.__dict__["_cached_dtype"] = super().dtype
+        return cached
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_cached_dtype", None)
+        return super()._apply(fn, *args, **kwargs)
+
+
+def cache_dtype(unet: torch.nn.Module) -> torch.nn.Module:
+    """Make a stock UNet3DConditionModel a CachedDtypeUNet3D (in place; same weights and keys)."""
+    if type(unet) is UNet3DConditionModel:
+        unet.__class__ = CachedDtypeUNet3D
+    return unet
+
+
 def load_unet(model_path: str, dtype: torch.dtype = torch.float32) -> UNet3DConditionModel:
     """Load the pipeline's UNet (local diffusers folder or hub id) with the single-frame rule."""
     unet = UNet3DConditionModel.from_pretrained(model_path, subfolder="unet", torch_dtype=dtype)
-    return apply_single_frame_rule(unet)
+    return cache_dtype(apply_single_frame_rule(unet))
 
 
 # Where activations are recomputed in the backward pass. "block": each down/mid/up block (and
