@@ -333,8 +333,9 @@ class _Loop:
             for step in range(start_step + 1, cfg.max_train_steps + 1):
                 started = time.perf_counter()
                 losses, last_item = self._optimisation_step(step)
+                # One terminal write a step: the update draws the new postfix (a refresh each was two).
+                bar.set_postfix(loss_s=_fmt(losses.spatial), loss_t=_fmt(losses.temporal), refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss_s=_fmt(losses.spatial), loss_t=_fmt(losses.temporal))
                 self._log(step, losses, time.perf_counter() - started)
                 self._after_step(step, last_item)
                 if self._any_process(self.stop_signal is not None):  # Ctrl-C reaches one or all
