@@ -83,14 +83,17 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 class PromptCache:
     """Text embeddings computed once per distinct prompt (the text encoder is frozen)."""
 
-    def __init__(self, tokenizer, text_encoder):
+    def __init__(self, tokenizer, text_encoder, device=None):
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        # Kept on `device` (the training device): a host-to-device copy every step would make
+        # CUDA wait for the work already queued.
+        self.device = device
         self._cache: dict[str, torch.Tensor] = {}
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         for p in prompts:
             if p not in self._cache:
-                self._cache[p] = encode_prompts(self.tokenizer, self.text_encoder, [p])[0]
+                self._cache[p] = encode_prompts(self.tokenizer, self.text_encoder, [p])[0].to(self.device)
         return torch.stack([self._cache[p] for p in prompts])
 
 

@@ -29,3 +29,16 @@ def test_cached_dtype_leaves_weights_and_outputs_unchanged(tiny_model_dir):
         a = cached(sample, 10, encoder_hidden_states=context).sample
         b = stock(sample, 10, encoder_hidden_states=context).sample
     assert torch.equal(a, b)
+
+
+def test_prompt_cache_keeps_embeddings_on_the_training_device(tiny_model_dir):
+    from models.pipeline import PromptCache, encode_prompts, load_components
+
+    c = load_components(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+    expected = encode_prompts(c.tokenizer, c.text_encoder, ["a car", "a dog"])
+    on_cpu = PromptCache(c.tokenizer, c.text_encoder)
+    assert torch.equal(on_cpu(["a car", "a dog"]), expected)
+    on_meta = PromptCache(c.tokenizer, c.text_encoder, torch.device("meta"))  # stands in for a GPU
+    out = on_meta(["a dog", "a dog"])
+    assert out.device.type == "meta" and out.shape == (2, *expected.shape[1:])
+    assert on_meta._cache["a dog"].device.type == "meta"  # stored there once, not copied per call

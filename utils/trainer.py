@@ -296,7 +296,7 @@ class _Loop:
     def __init__(self, cfg, accelerator, components, adapters, optimisers, items, run_dir):
         self.cfg, self.acc, self.c = cfg, accelerator, components
         self.adapters, self.optimisers, self.items, self.run_dir = adapters, optimisers, items, Path(run_dir)
-        self.prompts = PromptCache(components.tokenizer, components.text_encoder)
+        self.prompts = PromptCache(components.tokenizer, components.text_encoder, accelerator.device)
         self.settings = StepSettings(
             train_spatial=True,
             train_temporal=cfg.train_temporal_lora,
