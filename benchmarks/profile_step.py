@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import sys
 import tempfile
@@ -93,11 +94,27 @@ def profile_python(loop, args) -> str:
     return out.getvalue()
 
 
+def dtype_lookup_ms(unet) -> tuple[float, float]:
+    """Milliseconds per `unet.dtype`: diffusers' own lookup (walks every module) and ours (cached)."""
+    from diffusers import ModelMixin
+
+    timings = []
+    for lookup in (lambda: ModelMixin.dtype.fget(unet), lambda: unet.dtype):
+        lookup()
+        start = time.perf_counter()
+        for _ in range(10):
+            lookup()
+        timings.append((time.perf_counter() - start) * 100)
+    return timings[0], timings[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="md_profile_") as tmp:
         loop = build_loop(args, Path(tmp) / "run")
+        stock_ms, cached_ms = dtype_lookup_ms(loop.c.unet)
+        modules = sum(1 for _ in loop.c.unet.modules())
         start = time.perf_counter()
         table = profile_python(loop, args) if args.python else profile_torch(loop, args)
         seconds = time.perf_counter() - start
@@ -105,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     model = args.model or f"{args.arch} (random weights)"
     print(f"{model}, {args.width}x{args.height}x{args.frames}, rank {args.rank}, {args.threads} threads; "
           f"{args.steps} profiled steps after {args.warmup + 1}; whole loop {seconds:.2f} s")
+    print(f"unet.dtype: {stock_ms:.3f} ms as diffusers looks it up ({modules} modules), {cached_ms:.4f} ms cached; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(table)
 
 
