@@ -1,0 +1,63 @@
+"""python -m utils.toy_world {make-data,pretrain,sample,score} ...: see --help of each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+import torch
+
+
+def _make_data(args) -> None:
+    from utils.toy_world import world
+
+    motions = world.NEW_MOTIONS if args.new else world.BASE_MOTIONS
+    specs = world.sample_specs(args.per_combination, args.seed, motions)
+    for spec in specs:
+        world.write_clip(spec, args.out_dir)
+    logging.getLogger(__name__).info("wrote %d clips (+ captions) to %s", len(specs), args.out_dir)
+
+
+def _pretrain(args) -> None:
+    from utils.toy_world.pretrain import PretrainSettings, pretrain
+
+    torch.set_num_threads(args.threads)
+    settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                                time_budget_s=args.time_budget * 60 if args.time_budget else math.inf)
+    done = pretrain(args.out_dir, settings)
+    sys.exit(0 if done else 3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    make = commands.add_parser("make-data", help="write world clips (mp4 + same-named .txt caption)")
+    make.add_argument("out_dir", help="folder to write the clips into")
+    make.add_argument("--per-combination", type=int, default=1, help="clips per shape x colour x motion")
+    make.add_argument("--seed", type=int, default=0, help="seed of the start points")
+    make.add_argument("--new", action="store_true", help="the new motions instead of the base ones")
+    make.set_defaults(run=_make_data)
+
+    pre = commands.add_parser("pretrain", help="pretrain the base pipeline (resumable)")
+    pre.add_argument("out_dir", help="pipeline folder to write (and resume from)")
+    pre.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    pre.add_argument("--vae-steps", type=int, default=600, help="VAE training steps (default 600)")
+    pre.add_argument("--unet-steps", type=int, default=2500, help="UNet training steps (default 2500)")
+    pre.add_argument("--time-budget", type=float, default=None,
+                     help="stop after this many minutes (resumable: run again to continue)")
+    pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    pre.set_defaults(run=_pretrain)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
