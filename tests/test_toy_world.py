@@ -115,6 +115,22 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     assert len(ids) == 2 + 5  # every caption word is one token
     assert components.vae.config.scaling_factor > 0
     assert (tmp_path / "base" / "checkpoints" / "unet.pt").is_file()
+    # the evaluation samples through the project's sampler and scores every clip
+    from utils.toy_world.evaluate import evaluate
+
+    report = evaluate(tmp_path / "base", [("circle", "red", "left")], samples_per_prompt=2, num_steps=2,
+                      video_dir=tmp_path / "samples")
+    assert report["summary"]["clips"] == 2 and len(list((tmp_path / "samples").glob("*.mp4"))) == 2
+
+
+def test_parse_caption_inverts_caption():
+    from utils.toy_world.evaluate import parse_caption
+
+    for shape, color, motion in ALL:
+        assert parse_caption(world.caption(shape, color, motion)) == (shape, color, motion)
+    assert parse_caption("A Blue square moving in a circle.") == ("square", "blue", "circling")
+    with pytest.raises(ValueError, match="not a toy-world caption"):
+        parse_caption("a purple circle moving left")
 
 
 def _shipped_or_skip() -> Path:

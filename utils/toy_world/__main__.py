@@ -30,6 +30,42 @@ def _pretrain(args) -> None:
     sys.exit(0 if done else 3)
 
 
+def _sample(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world import world
+    from utils.toy_world.evaluate import evaluate, parse_caption
+
+    torch.set_num_threads(args.threads)
+    if args.prompt:
+        combos = [parse_caption(p) for p in args.prompt]
+    else:
+        combos = world.all_combinations(world.BASE_MOTIONS)
+    report = evaluate(args.model, combos, args.samples, args.steps, args.guidance_scale,
+                      video_dir=args.out_dir)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.out_dir) / "scores.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf8")
+    print(json.dumps(report["summary"], indent=1))
+
+
+def _score(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world.evaluate import parse_caption
+    from utils.toy_world.score import score_clip, summarize
+    from utils.video_io import read_frames, video_info
+
+    scores = []
+    for path in args.videos:
+        shape, color, motion = parse_caption(args.caption or Path(path).with_suffix(".txt").read_text(encoding="utf8"))
+        frames = read_frames(path, range(video_info(path).num_frames))
+        scores.append(score_clip(frames, shape, color, motion))
+        print(path, json.dumps(scores[-1].as_dict()))
+    print(json.dumps(summarize(scores), indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,12 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="pretrain the base pipeline (resumable)")
     pre.add_argument("out_dir", help="pipeline folder to write (and resume from)")
     pre.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
-    pre.add_argument("--vae-steps", type=int, default=600, help="VAE training steps (default 600)")
+    pre.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps (default 1500)")
     pre.add_argument("--unet-steps", type=int, default=2500, help="UNet training steps (default 2500)")
     pre.add_argument("--time-budget", type=float, default=None,
                      help="stop after this many minutes (resumable: run again to continue)")
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     pre.set_defaults(run=_pretrain)
+
+    sample = commands.add_parser("sample", help="sample world prompts with the project's sampler and score them")
+    sample.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
+    sample.add_argument("out_dir", help="folder for the clips and scores.json")
+    sample.add_argument("--prompt", action="append", help="a world caption (repeatable; default: all base prompts)")
+    sample.add_argument("--samples", type=int, default=2, help="clips per prompt (default 2)")
+    sample.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    sample.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
+    sample.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    sample.set_defaults(run=_sample)
+
+    score = commands.add_parser("score", help="score clips against their captions with the detector")
+    score.add_argument("videos", nargs="+", help="mp4 files (caption: the same-named .txt unless --caption)")
+    score.add_argument("--caption", default=None, help="the caption to score every video against")
+    score.set_defaults(run=_score)
     return parser
 
 

@@ -65,12 +65,15 @@ VAE_CONFIG = dict(
 )
 
 
+FOREGROUND_WEIGHT = 10.0
+
+
 @dataclass
 class PretrainSettings:
     seed: int = 0
-    vae_steps: int = 600
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     unet_steps: int = 2500
     unet_batch: int = 16
@@ -151,8 +154,13 @@ def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, gen: torch.Generator) 
     posterior = vae.encode(pixels).latent_dist
     latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
     recon = vae.decode(latents).sample
+    # the subject covers ~5% of a frame: weigh its pixels up, or the VAE first learns a grey frame
+    background = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1) / 127.5 - 1.0
+    subject = (pixels - background).abs().amax(dim=1, keepdim=True) > 0.1
+    weight = 1.0 + (FOREGROUND_WEIGHT - 1.0) * subject.float()
     mse = torch.nn.functional.mse_loss(recon, pixels)
-    return mse + kl_weight * posterior.kl().mean(), mse.item()
+    weighted = ((recon - pixels) ** 2 * weight).mean() / weight.mean()
+    return weighted + kl_weight * posterior.kl().mean(), mse.item()
 
 
 def latent_scale(vae, seed: int, count: int = 256) -> float:

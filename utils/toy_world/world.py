@@ -19,7 +19,7 @@ import numpy as np
 SIZE = 64
 FRAMES = 8
 FPS = 8
-RADIUS = 9.0  # half the side of the subject's bounding box, in pixels
+RADIUS = 11.0  # half the side of the subject's bounding box, in pixels (~3 latent cells wide)
 TRAVEL = 24.0  # how far a base motion moves the subject over the clip, in pixels
 BACKGROUND = (128, 128, 128)
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
