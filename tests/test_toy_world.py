@@ -68,6 +68,20 @@ def test_mp4_round_trip_keeps_the_reading(tmp_path):
     assert score.color_ok and score.shape_ok and score.motion_ok and score.trajectory_distance < 3.0
 
 
+def test_bundled_reference_clips_match_the_generator(tmp_path):
+    from utils.toy_world.evaluate import parse_caption
+    from utils.video_io import read_frames
+
+    bundled = REPO / "test_data" / "toy_world"
+    fresh = world.write_reference_clips(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in fresh) == sorted(
+        p.relative_to(bundled) for p in bundled.rglob("*.mp4"))
+    for path in bundled.rglob("*/single/*.mp4"):
+        shape, color, motion = parse_caption(path.with_suffix(".txt").read_text(encoding="utf8"))
+        score = score_clip(read_frames(path, range(world.FRAMES)), shape, color, motion)
+        assert score.color_ok and score.shape_ok and score.trajectory_distance < 3.0, (path, score)
+
+
 def test_specs_are_deterministic_and_clips_stay_inside():
     specs = world.sample_specs(2, seed=3, motions=world.BASE_MOTIONS + world.NEW_MOTIONS)
     assert specs == world.sample_specs(2, seed=3, motions=world.BASE_MOTIONS + world.NEW_MOTIONS)

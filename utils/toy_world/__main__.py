@@ -13,6 +13,10 @@ import torch
 def _make_data(args) -> None:
     from utils.toy_world import world
 
+    if args.reference:
+        paths = world.write_reference_clips(args.out_dir)
+        logging.getLogger(__name__).info("wrote %d reference clips to %s", len(paths), args.out_dir)
+        return
     motions = world.NEW_MOTIONS if args.new else world.BASE_MOTIONS
     specs = world.sample_specs(args.per_combination, args.seed, motions)
     for spec in specs:
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--per-combination", type=int, default=1, help="clips per shape x colour x motion")
     make.add_argument("--seed", type=int, default=0, help="seed of the start points")
     make.add_argument("--new", action="store_true", help="the new motions instead of the base ones")
+    make.add_argument("--reference", action="store_true",
+                      help="the new motions' reference clips (<motion>/single/, <motion>/multi/) instead")
     make.set_defaults(run=_make_data)
 
     pre = commands.add_parser("pretrain", help="pretrain the base pipeline (resumable)")

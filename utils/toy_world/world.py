@@ -165,3 +165,19 @@ def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS) -> Path:
     path = write_video(Path(folder) / f"{spec.stem}.mp4", render(spec), fps)
     write_caption(path, spec.caption)
     return path
+
+
+# The subjects of the bundled reference clips: one for single-video training, three for multi-video.
+REFERENCE_SUBJECTS = (("square", "blue"), ("circle", "yellow"), ("triangle", "red"))
+
+
+def write_reference_clips(root: str | Path) -> list[Path]:
+    """The new motions' reference clips: `<root>/<motion>/single/` (one subject, centred) and
+    `<root>/<motion>/multi/` (three subjects), each clip with its caption."""
+    written = []
+    for motion in NEW_MOTIONS:
+        for index, (shape, color) in enumerate(REFERENCE_SUBJECTS):
+            spec = centered_spec(shape, color, motion)
+            folders = ["multi"] + (["single"] if index == 0 else [])
+            written += [write_clip(spec, Path(root) / motion / folder) for folder in folders]
+    return written
