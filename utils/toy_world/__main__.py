@@ -70,6 +70,20 @@ def _score(args) -> None:
     print(json.dumps(summarize(scores), indent=1))
 
 
+def _experiment(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world.experiment import format_table, run_experiment
+
+    torch.set_num_threads(args.threads)
+    rows = run_experiment(args.model, args.motion, args.train_seeds, list(range(args.sample_seeds)),
+                          args.steps, args.out_dir)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.out_dir) / "table.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf8")
+    print(format_table(rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("videos", nargs="+", help="mp4 files (caption: the same-named .txt unless --caption)")
     score.add_argument("--caption", default=None, help="the caption to score every video against")
     score.set_defaults(run=_score)
+
+    exp = commands.add_parser("experiment", help="base vs MotionDirector on one new motion (prints a table)")
+    exp.add_argument("model", help="the base pipeline folder")
+    exp.add_argument("out_dir", help="folder for the training runs and table.json")
+    exp.add_argument("--motion", default="zigzag", help="a new motion (default zigzag)")
+    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="MotionDirector training seeds")
+    exp.add_argument("--sample-seeds", type=int, default=2, help="samples per new subject (default 2)")
+    exp.add_argument("--steps", type=int, default=300, help="MotionDirector training steps (default 300)")
+    exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    exp.set_defaults(run=_experiment)
     return parser
 
 
