@@ -164,3 +164,21 @@ def test_shipped_base_loads_and_samples_the_prompt():
     assert tuple(frames.shape) == (1, world.FRAMES, world.SIZE, world.SIZE, 3)
     score = score_clip(frames[0].numpy(), "square", "red", "right")
     assert score.color_ok
+
+
+def test_experiment_row_scores_motion_appearance_and_leakage():
+    from utils.toy_world.experiment import new_subjects, row_of
+
+    reference = ("square", "blue")
+    subjects = new_subjects(reference)
+    assert len(subjects) == 2 * 3 and all(s != "square" and c != "blue" for s, c in subjects)
+    faithful = [((s, c), world.render(world.centered_spec(s, c, "zigzag"))) for s, c in subjects]
+    row = row_of("ideal", "zigzag", reference, faithful, 1.0, 2.0)
+    assert row["motion_hit_rate"] == 1.0 and row["appearance_accuracy"] == 1.0 and row["leakage"] == 0.0
+    # the reference subject drawn instead of the prompt's: all appearance wrong, all leaked
+    leaked = [((s, c), world.render(world.centered_spec("square", "blue", "zigzag"))) for s, c in subjects]
+    row = row_of("copycat", "zigzag", reference, leaked, 1.0, 2.0)
+    assert row["appearance_accuracy"] == 0.0 and row["leakage"] == 1.0 and row["motion_hit_rate"] == 1.0
+    # the right subject going left is far from the zigzag
+    wrong = [((s, c), world.render(world.centered_spec(s, c, "left"))) for s, c in subjects]
+    assert row_of("wrong", "zigzag", reference, wrong, 1.0, 2.0)["motion_hit_rate"] == 0.0
