@@ -135,6 +135,11 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     report = evaluate(tmp_path / "base", [("circle", "red", "left")], samples_per_prompt=2, num_steps=2,
                       video_dir=tmp_path / "samples")
     assert report["summary"]["clips"] == 2 and len(list((tmp_path / "samples").glob("*.mp4"))) == 2
+    # the caption probe: a loss ratio per swapped caption part and timestep
+    from utils.toy_world.evaluate import caption_reliance
+
+    probe = caption_reliance(tmp_path / "base", timesteps=(500,), combos=[("circle", "red", "left")] * 2)
+    assert set(probe[500]) == {"motion", "color", "shape"} and all(r > 0 for r in probe[500].values())
 
 
 def test_parse_caption_inverts_caption():

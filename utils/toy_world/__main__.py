@@ -84,6 +84,15 @@ def _experiment(args) -> None:
     print(format_table(rows))
 
 
+def _probe(args) -> None:
+    import json
+
+    from utils.toy_world.evaluate import caption_reliance
+
+    torch.set_num_threads(args.threads)
+    print(json.dumps(caption_reliance(args.model), indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("videos", nargs="+", help="mp4 files (caption: the same-named .txt unless --caption)")
     score.add_argument("--caption", default=None, help="the caption to score every video against")
     score.set_defaults(run=_score)
+
+    probe = commands.add_parser("probe", help="loss ratio when the caption's motion/colour/shape word is swapped")
+    probe.add_argument("model", help="pipeline folder")
+    probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    probe.set_defaults(run=_probe)
 
     exp = commands.add_parser("experiment", help="base vs MotionDirector on one new motion (prints a table)")
     exp.add_argument("model", help="the base pipeline folder")
