@@ -187,3 +187,25 @@ def test_experiment_row_scores_motion_appearance_and_leakage():
     # the right subject going left is far from the zigzag
     wrong = [((s, c), world.render(world.centered_spec(s, c, "left"))) for s, c in subjects]
     assert row_of("wrong", "zigzag", reference, wrong, 1.0, 2.0)["motion_hit_rate"] == 0.0
+
+
+def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from utils.toy_world.pretrain import PretrainSettings, unet_loss
+
+    config = PretrainSettings(zero_terminal_snr=True).scheduler_config
+    assert config["prediction_type"] == "v_prediction"
+    assert float(DDIMScheduler.from_config(config).alphas_cumprod[-1]) < 1e-6
+    assert float(DDIMScheduler.from_config(PretrainSettings().scheduler_config).alphas_cumprod[-1]) > 4e-3
+    # with v-prediction the loss target is the velocity: a "UNet" that returns it scores 0
+    scheduler = DDPMScheduler.from_config(config)
+    latents = torch.randn(2, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    class VelocityOracle(torch.nn.Module):
+        def forward(self, noisy, timesteps, encoder_hidden_states):
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+            return type("Out", (), {"sample": scheduler.get_velocity(latents, noise, timesteps)})
+
+    loss = unet_loss(VelocityOracle(), scheduler, latents, None, torch.Generator().manual_seed(1))
+    assert float(loss) < 1e-10

@@ -29,7 +29,8 @@ def _pretrain(args) -> None:
 
     torch.set_num_threads(args.threads)
     settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                                time_budget_s=args.time_budget * 60 if args.time_budget else math.inf)
+                                time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
+                                zero_terminal_snr=args.zero_terminal_snr)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--time-budget", type=float, default=None,
                      help="stop after this many minutes (resumable: run again to continue)")
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    pre.add_argument("--zero-terminal-snr", action="store_true",
+                     help="rescale the betas to zero terminal SNR and predict v (experimental)")
     pre.set_defaults(run=_pretrain)
 
     sample = commands.add_parser("sample", help="sample world prompts with the project's sampler and score them")

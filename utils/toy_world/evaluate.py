@@ -107,6 +107,8 @@ def caption_reliance(model_dir: str | Path, timesteps=(200, 500, 800), seed: int
             prompts = [world.caption(*(swap(*c) if swap else c)) for c in combos]
             context = encode_prompts(components.tokenizer, components.text_encoder, prompts)
             pred = components.unet(noisy, steps, encoder_hidden_states=context).sample
-            losses[part] = float(((pred - noise) ** 2).mean())
+            target = scheduler.get_velocity(latents, noise, steps) \
+                if scheduler.config.prediction_type == "v_prediction" else noise
+            losses[part] = float(((pred - target) ** 2).mean())
         report[t] = {part: round(loss / losses["true"], 3) for part, loss in losses.items() if part != "true"}
     return report

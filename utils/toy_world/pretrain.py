@@ -84,12 +84,22 @@ class PretrainSettings:
     uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
     checkpoint_every: int = 100
     time_budget_s: float = math.inf  # stop (resumably) after this many seconds of this call
+    # Zero terminal SNR (Lin et al. 2023) with v-prediction: at t = 999 no trace of the clip is left,
+    # so the layout and motion must come from the prompt (see README "Toy world").
+    zero_terminal_snr: bool = False
+
+    @property
+    def scheduler_config(self) -> dict:
+        if not self.zero_terminal_snr:
+            return SCHEDULER_CONFIG
+        return {**SCHEDULER_CONFIG, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction",
+                "timestep_spacing": "trailing"}
 
 
 # ----------------------------------------------------------------------------- the pipeline folder
 
 
-def write_static_parts(out: Path, seed: int) -> None:
+def write_static_parts(out: Path, seed: int, scheduler_config: dict = SCHEDULER_CONFIG) -> None:
     """Tokenizer, frozen random text encoder, scheduler and model index (no training needed)."""
     if (out / "text_encoder" / "model.safetensors").is_file():
         return
@@ -97,7 +107,7 @@ def write_static_parts(out: Path, seed: int) -> None:
     vocab = json.loads((out / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
     with torch.random.fork_rng(devices=[]):
         _save_text_encoder(out / "text_encoder", seed, len(vocab))
-    _write_json(out / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    _write_json(out / "scheduler" / "scheduler_config.json", scheduler_config)
 
 
 def mark_complete(out: Path) -> None:
@@ -253,6 +263,8 @@ def unet_loss(unet, scheduler, latents, context, gen: torch.Generator) -> torch.
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
+    if scheduler.config.prediction_type == "v_prediction":
+        return torch.nn.functional.mse_loss(pred, scheduler.get_velocity(latents, noise, timesteps))
     return torch.nn.functional.mse_loss(pred, noise)
 
 
@@ -278,7 +290,7 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
 
     data = encode_dataset(out, settings)
     embeddings = caption_embeddings(out, data["captions"])
-    scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
+    scheduler = DDPMScheduler.from_config(settings.scheduler_config)
     ckpt_path = out / "checkpoints" / "unet.pt"
     torch.manual_seed(settings.seed)
     unet = UNet3DConditionModel(**UNET_CONFIG)
@@ -331,7 +343,7 @@ def pretrain(out_dir: str | Path, settings: PretrainSettings) -> bool:
     """Run (or resume) both stages into `out_dir`; returns True when both are complete."""
     out = Path(out_dir)
     deadline = time.time() + settings.time_budget_s
-    write_static_parts(out, settings.seed)
+    write_static_parts(out, settings.seed, settings.scheduler_config)
     if not train_vae(out, settings, deadline):
         logger.info("time budget spent during the VAE stage; run the same command again to resume")
         return False
