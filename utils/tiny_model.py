@@ -127,12 +127,12 @@ def _word_merges(word: str) -> list[tuple[str, str]]:
     return merges
 
 
-def write_tokenizer(folder: Path) -> None:
-    """A CLIP tokenizer from a hand-made vocab: bytes, bytes+'</w>', a few word merges."""
+def write_tokenizer(folder: Path, words: tuple[str, ...] = MERGE_WORDS) -> None:
+    """A CLIP tokenizer from a hand-made vocab: bytes, bytes+'</w>', whole-word merges of `words`."""
     chars = _byte_chars()
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[tuple[str, str]] = []
-    for word in MERGE_WORDS:
+    for word in words:
         for pair in _word_merges(word):
             if pair not in merges:
                 merges.append(pair)

@@ -1,0 +1,211 @@
+"""The toy world: generator, detector, scores, pretraining smoke run, and the shipped base model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.toy_world import world
+from utils.toy_world.detector import read_clip
+from utils.toy_world.score import motion_class, score_clip, summarize, trajectory_distance
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_BASE = REPO / "models" / "toy_world_base"
+ALL = world.all_combinations(world.BASE_MOTIONS + world.NEW_MOTIONS)
+
+
+def _blur(video: np.ndarray) -> np.ndarray:
+    """A 5x5 box blur per frame, like the soft edges of a sampled clip."""
+    padded = np.pad(video.astype(np.float32), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    out = sum(padded[:, i:i + video.shape[1], j:j + video.shape[2]] for i in range(5) for j in range(5)) / 25
+    return out.round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape,color,motion", ALL)
+def test_detector_is_exact_on_generated_clips(shape, color, motion):
+    rng = np.random.default_rng(len(shape) * 100 + len(color) * 10 + len(motion))
+    for spec in (world.centered_spec(shape, color, motion), world.random_spec(rng, shape, color, motion)):
+        video = world.render(spec)
+        reading = read_clip(video)
+        assert (reading.color, reading.shape) == (color, shape)
+        # the bounding box of a pixelated shape is within a pixel of the drawn one
+        assert np.abs(reading.track - world.trajectory(spec)).max() <= 1.0
+        score = score_clip(video, shape, color, motion)
+        assert score.trajectory_distance < 1.1
+        if motion in world.BASE_MOTIONS:
+            assert score.motion_ok and score.motion == motion
+
+
+def test_new_motions_are_far_from_each_other_and_from_base_motions():
+    tracks = {m: world.offsets(m) for m in world.MOTION_PHRASES}
+    for new in world.NEW_MOTIONS:
+        for other, track in tracks.items():
+            if other != new:
+                assert trajectory_distance(track, tracks[new]) > 4.0, (new, other)
+
+
+@pytest.mark.parametrize("motion", world.BASE_MOTIONS + world.NEW_MOTIONS)
+def test_detector_reads_blurred_clips(motion):
+    for shape in world.SHAPES:
+        color = "yellow" if shape == "triangle" else "blue"
+        video = _blur(world.render(world.centered_spec(shape, color, motion)))
+        score = score_clip(video, shape, color, motion)
+        assert score.color_ok and score.shape_ok, score
+        assert score.trajectory_distance < 3.5  # a blurred triangle's base corners fade: ~2 px narrower
+        if motion in world.BASE_MOTIONS:
+            assert score.motion_ok
+
+
+def test_mp4_round_trip_keeps_the_reading(tmp_path):
+    from utils.video_io import read_frames
+
+    spec = world.ClipSpec("triangle", "green", "down", (30.0, 15.0))
+    path = world.write_clip(spec, tmp_path)
+    assert path.with_suffix(".txt").read_text(encoding="utf8").strip() == "a green triangle moving down"
+    video = read_frames(path, range(world.FRAMES))
+    score = score_clip(video, "triangle", "green", "down")
+    assert score.color_ok and score.shape_ok and score.motion_ok and score.trajectory_distance < 3.0
+
+
+def test_bundled_reference_clips_match_the_generator(tmp_path):
+    from utils.toy_world.evaluate import parse_caption
+    from utils.video_io import read_frames
+
+    bundled = REPO / "test_data" / "toy_world"
+    fresh = world.write_reference_clips(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in fresh) == sorted(
+        p.relative_to(bundled) for p in bundled.rglob("*.mp4"))
+    for path in bundled.rglob("*/single/*.mp4"):
+        shape, color, motion = parse_caption(path.with_suffix(".txt").read_text(encoding="utf8"))
+        score = score_clip(read_frames(path, range(world.FRAMES)), shape, color, motion)
+        assert score.color_ok and score.shape_ok and score.trajectory_distance < 3.0, (path, score)
+
+
+def test_specs_are_deterministic_and_clips_stay_inside():
+    specs = world.sample_specs(2, seed=3, motions=world.BASE_MOTIONS + world.NEW_MOTIONS)
+    assert specs == world.sample_specs(2, seed=3, motions=world.BASE_MOTIONS + world.NEW_MOTIONS)
+    assert specs != world.sample_specs(2, seed=4, motions=world.BASE_MOTIONS + world.NEW_MOTIONS)
+    assert len(specs) == 2 * len(world.SHAPES) * len(world.COLORS) * 9
+    for spec in specs:
+        track = world.trajectory(spec)
+        assert (track[:, :2] - track[:, 2:] >= 0).all() and (track[:, :2] + track[:, 2:] <= world.SIZE - 1).all()
+    assert world.caption("circle", "red", "left") == "a red circle moving left"
+
+
+def test_motion_class_and_distance_by_hand():
+    frames = np.arange(8)
+    track = np.stack([10 + 2.0 * frames, 30 + 0.5 * frames, np.full(8, 9.0)], -1)  # dx 14, dy 3.5
+    assert motion_class(track) == "right"
+    assert motion_class(np.stack([20 - 0.5 * frames, 30 - 3.0 * frames, np.full(8, 9.0)], -1)) == "up"
+    assert motion_class(np.stack([20 + 0.5 * frames, 30 + 0.5 * frames, np.full(8, 9.0)], -1)) == "still"
+    # a track shifted by (5, 5) with a radius 1.5 larger is 3 pixels (of diameter) away once centred
+    shifted = track + [5.0, 5.0, 1.5]
+    assert trajectory_distance(shifted, track) == pytest.approx(3.0)
+    missing = track.copy()
+    missing[2] = np.nan
+    assert trajectory_distance(missing, track) == 64.0
+    assert motion_class(missing) == "right"
+
+
+def test_summarize_counts():
+    video = world.render(world.centered_spec("square", "red", "left"))
+    good = score_clip(video, "square", "red", "left")
+    bad = score_clip(video, "circle", "red", "up")
+    summary = summarize([good, bad])
+    assert summary["color_accuracy"] == 1.0 and summary["shape_accuracy"] == 0.5
+    assert summary["motion_accuracy"] == 0.5
+
+
+def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
+    from models.pipeline import load_components
+    from utils.toy_world.pretrain import PretrainSettings, pretrain
+
+    settings = PretrainSettings(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2,
+                                clips_per_combination=1, checkpoint_every=1)
+    assert pretrain(tmp_path / "base", settings)
+    components = load_components(str(tmp_path / "base"))
+    ids = components.tokenizer("a red circle moving left").input_ids
+    assert len(ids) == 2 + 5  # every caption word is one token
+    assert components.vae.config.scaling_factor > 0
+    assert (tmp_path / "base" / "checkpoints" / "unet.pt").is_file()
+    # the evaluation samples through the project's sampler and scores every clip
+    from utils.toy_world.evaluate import evaluate
+
+    report = evaluate(tmp_path / "base", [("circle", "red", "left")], samples_per_prompt=2, num_steps=2,
+                      video_dir=tmp_path / "samples")
+    assert report["summary"]["clips"] == 2 and len(list((tmp_path / "samples").glob("*.mp4"))) == 2
+    # the caption probe: a loss ratio per swapped caption part and timestep
+    from utils.toy_world.evaluate import caption_reliance
+
+    probe = caption_reliance(tmp_path / "base", timesteps=(500,), combos=[("circle", "red", "left")] * 2)
+    assert set(probe[500]) == {"motion", "color", "shape"} and all(r > 0 for r in probe[500].values())
+
+
+def test_parse_caption_inverts_caption():
+    from utils.toy_world.evaluate import parse_caption
+
+    for shape, color, motion in ALL:
+        assert parse_caption(world.caption(shape, color, motion)) == (shape, color, motion)
+    assert parse_caption("A Blue square moving in a circle.") == ("square", "blue", "circling")
+    with pytest.raises(ValueError, match="not a toy-world caption"):
+        parse_caption("a purple circle moving left")
+
+
+def _shipped_or_skip() -> Path:
+    if not (SHIPPED_BASE / "model_index.json").is_file():
+        pytest.skip(f"{SHIPPED_BASE} is not shipped in this checkout")
+    return SHIPPED_BASE
+
+
+def test_shipped_base_loads_and_samples_the_prompt():
+    from models.pipeline import load_components
+    from utils.generate import GenerationSettings, sample_video
+
+    components = load_components(str(_shipped_or_skip()))
+    settings = GenerationSettings(prompt="a red square moving right", width=world.SIZE, height=world.SIZE,
+                                  num_frames=world.FRAMES, num_steps=10, guidance_scale=4.0)
+    frames = sample_video(components, settings, seed=0, inverted=None)
+    assert tuple(frames.shape) == (1, world.FRAMES, world.SIZE, world.SIZE, 3)
+    score = score_clip(frames[0].numpy(), "square", "red", "right")
+    assert score.color_ok
+
+
+def test_experiment_row_scores_motion_appearance_and_leakage():
+    from utils.toy_world.experiment import new_subjects, row_of
+
+    reference = ("square", "blue")
+    subjects = new_subjects(reference)
+    assert len(subjects) == 2 * 3 and all(s != "square" and c != "blue" for s, c in subjects)
+    faithful = [((s, c), world.render(world.centered_spec(s, c, "zigzag"))) for s, c in subjects]
+    row = row_of("ideal", "zigzag", reference, faithful, 1.0, 2.0)
+    assert row["motion_hit_rate"] == 1.0 and row["appearance_accuracy"] == 1.0 and row["leakage"] == 0.0
+    # the reference subject drawn instead of the prompt's: all appearance wrong, all leaked
+    leaked = [((s, c), world.render(world.centered_spec("square", "blue", "zigzag"))) for s, c in subjects]
+    row = row_of("copycat", "zigzag", reference, leaked, 1.0, 2.0)
+    assert row["appearance_accuracy"] == 0.0 and row["leakage"] == 1.0 and row["motion_hit_rate"] == 1.0
+    # the right subject going left is far from the zigzag
+    wrong = [((s, c), world.render(world.centered_spec(s, c, "left"))) for s, c in subjects]
+    assert row_of("wrong", "zigzag", reference, wrong, 1.0, 2.0)["motion_hit_rate"] == 0.0
+
+
+def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from utils.toy_world.pretrain import PretrainSettings, unet_loss
+
+    config = PretrainSettings(zero_terminal_snr=True).scheduler_config
+    assert config["prediction_type"] == "v_prediction"
+    assert float(DDIMScheduler.from_config(config).alphas_cumprod[-1]) < 1e-6
+    assert float(DDIMScheduler.from_config(PretrainSettings().scheduler_config).alphas_cumprod[-1]) > 4e-3
+    # with v-prediction the loss target is the velocity: a "UNet" that returns it scores 0
+    scheduler = DDPMScheduler.from_config(config)
+    latents = torch.randn(2, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    class VelocityOracle(torch.nn.Module):
+        def forward(self, noisy, timesteps, encoder_hidden_states):
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+            return type("Out", (), {"sample": scheduler.get_velocity(latents, noise, timesteps)})
+
+    loss = unet_loss(VelocityOracle(), scheduler, latents, None, torch.Generator().manual_seed(1))
+    assert float(loss) < 1e-10

@@ -1,0 +1,161 @@
+"""python -m utils.toy_world {make-data,pretrain,sample,score} ...: see --help of each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+import torch
+
+
+def _make_data(args) -> None:
+    from utils.toy_world import world
+
+    if args.reference:
+        paths = world.write_reference_clips(args.out_dir)
+        logging.getLogger(__name__).info("wrote %d reference clips to %s", len(paths), args.out_dir)
+        return
+    motions = world.NEW_MOTIONS if args.new else world.BASE_MOTIONS
+    specs = world.sample_specs(args.per_combination, args.seed, motions)
+    for spec in specs:
+        world.write_clip(spec, args.out_dir)
+    logging.getLogger(__name__).info("wrote %d clips (+ captions) to %s", len(specs), args.out_dir)
+
+
+def _pretrain(args) -> None:
+    from utils.toy_world.pretrain import PretrainSettings, pretrain
+
+    torch.set_num_threads(args.threads)
+    settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                                time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
+                                zero_terminal_snr=args.zero_terminal_snr)
+    done = pretrain(args.out_dir, settings)
+    sys.exit(0 if done else 3)
+
+
+def _sample(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world import world
+    from utils.toy_world.evaluate import evaluate, parse_caption
+
+    torch.set_num_threads(args.threads)
+    if args.prompt:
+        combos = [parse_caption(p) for p in args.prompt]
+    else:
+        combos = world.all_combinations(world.BASE_MOTIONS)
+    report = evaluate(args.model, combos, args.samples, args.steps, args.guidance_scale,
+                      video_dir=args.out_dir)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.out_dir) / "scores.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf8")
+    print(json.dumps(report["summary"], indent=1))
+
+
+def _score(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world.evaluate import parse_caption
+    from utils.toy_world.score import score_clip, summarize
+    from utils.video_io import read_frames, video_info
+
+    scores = []
+    for path in args.videos:
+        shape, color, motion = parse_caption(args.caption or Path(path).with_suffix(".txt").read_text(encoding="utf8"))
+        frames = read_frames(path, range(video_info(path).num_frames))
+        scores.append(score_clip(frames, shape, color, motion))
+        print(path, json.dumps(scores[-1].as_dict()))
+    print(json.dumps(summarize(scores), indent=1))
+
+
+def _experiment(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world.experiment import format_table, run_experiment
+
+    torch.set_num_threads(args.threads)
+    rows = run_experiment(args.model, args.motion, args.train_seeds, list(range(args.sample_seeds)),
+                          args.steps, args.out_dir)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.out_dir) / "table.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf8")
+    print(format_table(rows))
+
+
+def _probe(args) -> None:
+    import json
+
+    from utils.toy_world.evaluate import caption_reliance
+
+    torch.set_num_threads(args.threads)
+    print(json.dumps(caption_reliance(args.model), indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    make = commands.add_parser("make-data", help="write world clips (mp4 + same-named .txt caption)")
+    make.add_argument("out_dir", help="folder to write the clips into")
+    make.add_argument("--per-combination", type=int, default=1, help="clips per shape x colour x motion")
+    make.add_argument("--seed", type=int, default=0, help="seed of the start points")
+    make.add_argument("--new", action="store_true", help="the new motions instead of the base ones")
+    make.add_argument("--reference", action="store_true",
+                      help="the new motions' reference clips (<motion>/single/, <motion>/multi/) instead")
+    make.set_defaults(run=_make_data)
+
+    pre = commands.add_parser("pretrain", help="pretrain the base pipeline (resumable)")
+    pre.add_argument("out_dir", help="pipeline folder to write (and resume from)")
+    pre.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    pre.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps (default 1500)")
+    pre.add_argument("--unet-steps", type=int, default=2500, help="UNet training steps (default 2500)")
+    pre.add_argument("--time-budget", type=float, default=None,
+                     help="stop after this many minutes (resumable: run again to continue)")
+    pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    pre.add_argument("--zero-terminal-snr", action="store_true",
+                     help="rescale the betas to zero terminal SNR and predict v (experimental)")
+    pre.set_defaults(run=_pretrain)
+
+    sample = commands.add_parser("sample", help="sample world prompts with the project's sampler and score them")
+    sample.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
+    sample.add_argument("out_dir", help="folder for the clips and scores.json")
+    sample.add_argument("--prompt", action="append", help="a world caption (repeatable; default: all base prompts)")
+    sample.add_argument("--samples", type=int, default=2, help="clips per prompt (default 2)")
+    sample.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    sample.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
+    sample.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    sample.set_defaults(run=_sample)
+
+    score = commands.add_parser("score", help="score clips against their captions with the detector")
+    score.add_argument("videos", nargs="+", help="mp4 files (caption: the same-named .txt unless --caption)")
+    score.add_argument("--caption", default=None, help="the caption to score every video against")
+    score.set_defaults(run=_score)
+
+    probe = commands.add_parser("probe", help="loss ratio when the caption's motion/colour/shape word is swapped")
+    probe.add_argument("model", help="pipeline folder")
+    probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    probe.set_defaults(run=_probe)
+
+    exp = commands.add_parser("experiment", help="base vs MotionDirector on one new motion (prints a table)")
+    exp.add_argument("model", help="the base pipeline folder")
+    exp.add_argument("out_dir", help="folder for the training runs and table.json")
+    exp.add_argument("--motion", default="zigzag", help="a new motion (default zigzag)")
+    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="MotionDirector training seeds")
+    exp.add_argument("--sample-seeds", type=int, default=2, help="samples per new subject (default 2)")
+    exp.add_argument("--steps", type=int, default=300, help="MotionDirector training steps (default 300)")
+    exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    exp.set_defaults(run=_experiment)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""Pretraining the toy world's base model from scratch, on a CPU: the VAE, then the UNet.
+
+The result is a ZeroScope-architecture pipeline folder in the diffusers layout (UNet3DCondition
+Model, AutoencoderKL, CLIPTextModel + CLIPTokenizer, DDIM scheduler), loadable by every script
+of the project. The text encoder stays frozen at its random initialisation: distinct prompts
+still give distinct embeddings, which is all the UNet's cross-attention needs here.
+
+Each stage is resumable: every `checkpoint_every` steps it saves its state to OUT/checkpoints/
+and rewrites the pipeline folder, so a run stopped by its time budget (or killed) continues
+where it stopped. The data of step k depends only on (seed, k), so a resumed run trains on the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.tiny_model import (
+    MODEL_INDEX,
+    SCHEDULER_CONFIG,
+    TEXT_ENCODER_CONFIG,
+    _save_text_encoder,
+    _write_json,
+    write_tokenizer,
+)
+from utils.toy_world import world
+
+logger = logging.getLogger(__name__)
+
+# Whole-word tokens for every word of the captions, so a prompt is a handful of token ids.
+WORDS = tuple(sorted({w for m in world.MOTION_PHRASES.values() for w in m.split()}
+                     | set(world.COLORS) | set(world.SHAPES) | {"a"}))
+
+UNET_CONFIG = dict(
+    sample_size=world.SIZE // 8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    block_out_channels=(32, 64),  # >= 32: TemporalConvLayer uses GroupNorm(32, C)
+    layers_per_block=1,
+    norm_num_groups=32,
+    cross_attention_dim=TEXT_ENCODER_CONFIG["hidden_size"],
+    attention_head_dim=8,
+)
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,  # 3 downsamples: scale factor 8, as ZeroScope
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=16,
+    latent_channels=4,
+    sample_size=world.SIZE,
+)
+
+
+FOREGROUND_WEIGHT = 10.0
+
+
+@dataclass
+class PretrainSettings:
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 2500
+    unet_batch: int = 16
+    unet_lr: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    clips_per_combination: int = 16  # pretraining clips of each shape x colour x base motion
+    uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
+    checkpoint_every: int = 100
+    time_budget_s: float = math.inf  # stop (resumably) after this many seconds of this call
+    # Zero terminal SNR (Lin et al. 2023) with v-prediction: at t = 999 no trace of the clip is left,
+    # so the layout and motion must come from the prompt (see README "Toy world").
+    zero_terminal_snr: bool = False
+
+    @property
+    def scheduler_config(self) -> dict:
+        if not self.zero_terminal_snr:
+            return SCHEDULER_CONFIG
+        return {**SCHEDULER_CONFIG, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction",
+                "timestep_spacing": "trailing"}
+
+
+# ----------------------------------------------------------------------------- the pipeline folder
+
+
+def write_static_parts(out: Path, seed: int, scheduler_config: dict = SCHEDULER_CONFIG) -> None:
+    """Tokenizer, frozen random text encoder, scheduler and model index (no training needed)."""
+    if (out / "text_encoder" / "model.safetensors").is_file():
+        return
+    write_tokenizer(out / "tokenizer", WORDS)
+    vocab = json.loads((out / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
+    with torch.random.fork_rng(devices=[]):
+        _save_text_encoder(out / "text_encoder", seed, len(vocab))
+    _write_json(out / "scheduler" / "scheduler_config.json", scheduler_config)
+
+
+def mark_complete(out: Path) -> None:
+    _write_json(out / "model_index.json", MODEL_INDEX)
+
+
+# ----------------------------------------------------------------------------- shared loop pieces
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    """The RNG of one training step: a function of (seed, stage, step) only, so resuming is exact."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 17, "unet": 29}[stage] * 100_003 + step)
+
+
+def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of `base`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------- VAE stage
+
+
+def random_frames(gen: torch.Generator, count: int) -> torch.Tensor:
+    """(count, 3, H, W) in [-1, 1]: random frames of random clips of every motion.
+
+    The VAE sees the new motions' frames too (growing shapes reach other sizes); it learns
+    appearance only, so this teaches the base model no motion.
+    """
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    combos = world.all_combinations(world.BASE_MOTIONS + world.NEW_MOTIONS)
+    frames = []
+    for _ in range(count):
+        spec = world.random_spec(rng, *combos[rng.integers(len(combos))])
+        frames.append(world.render(spec)[rng.integers(world.FRAMES)])
+    pixels = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+    return pixels / 127.5 - 1.0
+
+
+def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    posterior = vae.encode(pixels).latent_dist
+    latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+    recon = vae.decode(latents).sample
+    # the subject covers ~5% of a frame: weigh its pixels up, or the VAE first learns a grey frame
+    background = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1) / 127.5 - 1.0
+    subject = (pixels - background).abs().amax(dim=1, keepdim=True) > 0.1
+    weight = 1.0 + (FOREGROUND_WEIGHT - 1.0) * subject.float()
+    mse = torch.nn.functional.mse_loss(recon, pixels)
+    weighted = ((recon - pixels) ** 2 * weight).mean() / weight.mean()
+    return weighted + kl_weight * posterior.kl().mean(), mse.item()
+
+
+def latent_scale(vae, seed: int, count: int = 256) -> float:
+    """1 / std of the latents, so scaled latents have unit variance as the noise schedule expects."""
+    with torch.no_grad():
+        pixels = random_frames(torch.Generator().manual_seed(seed + 99), count)
+        return float(1.0 / vae.encode(pixels).latent_dist.mean.std())
+
+
+def train_vae(out: Path, settings: PretrainSettings, deadline: float) -> bool:
+    """Train (or resume) the VAE; returns True when it has all its steps."""
+    from diffusers import AutoencoderKL
+
+    if (out / "vae" / "config.json").is_file():
+        return True
+    ckpt_path = out / "checkpoints" / "vae.pt"
+    torch.manual_seed(settings.seed + 2)
+    vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=1.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    step = 0
+    if (ckpt := load_checkpoint(ckpt_path)) is not None:
+        vae.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    vae.train()
+    started, recent = time.time(), []
+    while step < settings.vae_steps and time.time() < deadline:
+        gen = step_generator(settings.seed, "vae", step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings.vae_lr, settings.warmup_steps, settings.vae_steps)
+        loss, mse = vae_loss(vae, random_frames(gen, settings.vae_batch), settings.kl_weight, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        recent.append(mse)
+        if step % settings.checkpoint_every == 0 or step == settings.vae_steps:
+            logger.info("vae step %d/%d  mse %.5f  (%.2f s/step)", step, settings.vae_steps,
+                        float(np.mean(recent)), (time.time() - started) / len(recent))
+            save_checkpoint(ckpt_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+    save_checkpoint(ckpt_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+    if step < settings.vae_steps:
+        return False
+    vae.eval()
+    vae.register_to_config(scaling_factor=latent_scale(vae, settings.seed))
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    logger.info("vae done: scaling_factor %.4f", vae.config.scaling_factor)
+    return True
+
+
+# ----------------------------------------------------------------------------- UNet stage
+
+
+def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
+    """Scaled VAE latents (N, 4, F, 8, 8) and caption index of every pretraining clip, cached on disk."""
+    cache = out / "checkpoints" / "latents.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    specs = world.sample_specs(settings.clips_per_combination, settings.seed + 1)
+    captions = sorted({s.caption for s in specs})
+    latents = []
+    with torch.no_grad():
+        for chunk in range(0, len(specs), 16):
+            clips = np.stack([world.render(s) for s in specs[chunk:chunk + 16]])  # (B, F, H, W, 3)
+            pixels = torch.from_numpy(clips).flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1
+            mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            latents.append(mean.unflatten(0, (-1, world.FRAMES)).permute(0, 2, 1, 3, 4))
+    data = {"latents": torch.cat(latents), "captions": captions,
+            "caption_index": torch.tensor([captions.index(s.caption) for s in specs])}
+    save_checkpoint(cache, data)
+    logger.info("encoded %d pretraining clips (%d captions)", len(specs), len(captions))
+    return data
+
+
+def caption_embeddings(out: Path, captions: list[str]) -> torch.Tensor:
+    """(len(captions) + 1, 77, D): the frozen text encoder's states; the last row is the empty prompt."""
+    from models.pipeline import encode_prompts
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder").eval()
+    return encode_prompts(tokenizer, text_encoder, list(captions) + [""])
+
+
+def unet_loss(unet, scheduler, latents, context, gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(latents.shape, generator=gen)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
+    if scheduler.config.prediction_type == "v_prediction":
+        return torch.nn.functional.mse_loss(pred, scheduler.get_velocity(latents, noise, timesteps))
+    return torch.nn.functional.mse_loss(pred, noise)
+
+
+def unet_batch(data: dict, embeddings: torch.Tensor, settings: PretrainSettings, gen: torch.Generator):
+    index = torch.randint(0, len(data["latents"]), (settings.unet_batch,), generator=gen)
+    caption = data["caption_index"][index]
+    dropped = torch.rand(settings.unet_batch, generator=gen) < settings.uncond_prob
+    caption = torch.where(dropped, torch.full_like(caption, len(embeddings) - 1), caption)
+    return data["latents"][index], embeddings[caption]
+
+
+def save_unet(out: Path, unet, ema_state: dict) -> None:
+    """Write the EMA weights as the pipeline's UNet."""
+    live = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.load_state_dict(ema_state)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    unet.load_state_dict(live)
+
+
+def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
+    """Train (or resume) the UNet on the encoded clips; returns True when it has all its steps."""
+    from diffusers import DDPMScheduler, UNet3DConditionModel
+
+    data = encode_dataset(out, settings)
+    embeddings = caption_embeddings(out, data["captions"])
+    scheduler = DDPMScheduler.from_config(settings.scheduler_config)
+    ckpt_path = out / "checkpoints" / "unet.pt"
+    torch.manual_seed(settings.seed)
+    unet = UNet3DConditionModel(**UNET_CONFIG)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=1e-2)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    step = 0
+    if (ckpt := load_checkpoint(ckpt_path)) is not None:
+        unet.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        ema, step = ckpt["ema"], ckpt["step"]
+    unet.train()
+    started, recent = time.time(), []
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, {"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "ema": ema, "step": step})
+        save_unet(out, unet, ema)
+        mark_complete(out)
+
+    while step < settings.unet_steps and time.time() < deadline:
+        gen = step_generator(settings.seed, "unet", step)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps)
+        latents, context = unet_batch(data, embeddings, settings, gen)
+        loss = unet_loss(unet, scheduler, latents, context, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        # EMA warms up (decay grows with the step) so early weights do not dominate a short run
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, value in unet.state_dict().items():
+                if value.is_floating_point():
+                    ema[name].mul_(decay).add_(value, alpha=1 - decay)
+                else:
+                    ema[name].copy_(value)
+        recent.append(loss.item())
+        if step % settings.checkpoint_every == 0 or step == settings.unet_steps:
+            logger.info("unet step %d/%d  loss %.4f  (%.2f s/step)", step, settings.unet_steps,
+                        float(np.mean(recent[-settings.checkpoint_every:])), (time.time() - started) / len(recent))
+            checkpoint()
+    checkpoint()
+    return step >= settings.unet_steps
+
+
+def pretrain(out_dir: str | Path, settings: PretrainSettings) -> bool:
+    """Run (or resume) both stages into `out_dir`; returns True when both are complete."""
+    out = Path(out_dir)
+    deadline = time.time() + settings.time_budget_s
+    write_static_parts(out, settings.seed, settings.scheduler_config)
+    if not train_vae(out, settings, deadline):
+        logger.info("time budget spent during the VAE stage; run the same command again to resume")
+        return False
+    done = train_unet(out, settings, deadline)
+    if not done:
+        logger.info("time budget spent during the UNet stage; run the same command again to resume")
+    return done

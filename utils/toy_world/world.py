@@ -1,0 +1,183 @@
+"""The toy world: one coloured shape moving on a plain grey background, with its caption.
+
+Every clip is 8 frames of 64x64 (the smallest size a scale-8 VAE and a two-level UNet3D still
+resolve: 8x8 latents). It is fixed by its `ClipSpec` (shape, colour, motion, start point), so the
+same spec gives the same pixels on every machine; `sample_specs(n, seed)` draws specs from a seed.
+
+Base motions (left, right, up, down, still) are what the base model is pretrained on; the new
+motions (circling, zigzag, bouncing, growing) are kept out of pretraining, for MotionDirector to
+learn from one or a few clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 64
+FRAMES = 8
+FPS = 8
+RADIUS = 11.0  # half the side of the subject's bounding box, in pixels (~3 latent cells wide)
+TRAVEL = 24.0  # how far a base motion moves the subject over the clip, in pixels
+BACKGROUND = (128, 128, 128)
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+BASE_MOTIONS = ("left", "right", "up", "down", "still")
+NEW_MOTIONS = ("circling", "zigzag", "bouncing", "growing")
+MOTION_PHRASES = {
+    "left": "moving left",
+    "right": "moving right",
+    "up": "moving up",
+    "down": "moving down",
+    "still": "standing still",
+    "circling": "moving in a circle",
+    "zigzag": "zigzagging",
+    "bouncing": "bouncing",
+    "growing": "growing",
+}
+# unit step of the centre per base motion, image coordinates (y grows downwards)
+_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+CIRCLE_AMPLITUDE = 11.0
+ZIGZAG_AMPLITUDE = 7.0
+BOUNCE_HEIGHT = 20.0
+GROW_RADII = (5.0, 14.0)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    shape: str
+    color: str
+    motion: str
+    start: tuple[float, float] = (SIZE / 2, SIZE / 2)  # where the trajectory's anchor lies, see offsets()
+
+    @property
+    def caption(self) -> str:
+        return caption(self.shape, self.color, self.motion)
+
+    @property
+    def stem(self) -> str:
+        x, y = (int(round(v)) for v in self.start)
+        return f"{self.color}_{self.shape}_{self.motion}_{x:02d}_{y:02d}"
+
+
+def caption(shape: str, color: str, motion: str) -> str:
+    return f"a {color} {shape} {MOTION_PHRASES[motion]}"
+
+
+def offsets(motion: str, frames: int = FRAMES) -> np.ndarray:
+    """(frames, 3): per frame the centre's (dx, dy) from the start point and the radius."""
+    if motion not in MOTION_PHRASES:
+        raise ValueError(f"unknown motion {motion!r}; use one of {sorted(MOTION_PHRASES)}")
+    t = np.arange(frames) / max(frames - 1, 1)
+    radius = np.full(frames, RADIUS)
+    if motion in _STEPS:
+        sx, sy = _STEPS[motion]
+        dx, dy = sx * TRAVEL * t, sy * TRAVEL * t
+    elif motion == "circling":  # 7/8 of a turn, so first and last frame differ
+        angle = 2 * np.pi * np.arange(frames) / frames
+        dx, dy = CIRCLE_AMPLITUDE * np.sin(angle), -CIRCLE_AMPLITUDE * np.cos(angle)
+    elif motion == "zigzag":  # right, with the height flipping every frame
+        dx = TRAVEL * t
+        dy = ZIGZAG_AMPLITUDE * np.where(np.arange(frames) % 2 == 0, -1.0, 1.0)
+    elif motion == "bouncing":  # two hops off a floor
+        dx = np.zeros(frames)
+        dy = -BOUNCE_HEIGHT * np.abs(np.sin(2 * np.pi * t))
+    else:  # growing
+        dx = dy = np.zeros(frames)
+        radius = np.linspace(*GROW_RADII, frames)
+    return np.stack([dx, dy, radius], axis=-1)
+
+
+def trajectory(spec: ClipSpec, frames: int = FRAMES) -> np.ndarray:
+    """(frames, 3): the subject's true centre x, y and radius per frame."""
+    track = offsets(spec.motion, frames)
+    track[:, 0] += spec.start[0]
+    track[:, 1] += spec.start[1]
+    return track
+
+
+def shape_mask(shape: str, center: tuple[float, float], half: tuple[float, float],
+               size: int = SIZE) -> np.ndarray:
+    """Boolean (size, size) mask of a shape with centre (x, y) and half extents (hx, hy).
+
+    The triangle points up: apex at the top centre, base along the bottom edge.
+    """
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    hx, hy = max(half[0], 0.5), max(half[1], 0.5)
+    u, v = (x - center[0]) / hx, (y - center[1]) / hy  # the box maps to [-1, 1]^2
+    if shape == "circle":
+        return u * u + v * v <= 1.0
+    if shape == "square":
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
+    if shape == "triangle":
+        return (v <= 1.0) & (np.abs(u) <= (v + 1.0) / 2.0)
+    raise ValueError(f"unknown shape {shape!r}; use one of {SHAPES}")
+
+
+def render(spec: ClipSpec, frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
+    """uint8 (frames, size, size, 3) of the clip (hard edges, no anti-aliasing)."""
+    if spec.color not in COLORS:
+        raise ValueError(f"unknown colour {spec.color!r}; use one of {sorted(COLORS)}")
+    video = np.empty((frames, size, size, 3), np.uint8)
+    video[:] = BACKGROUND
+    for k, (cx, cy, radius) in enumerate(trajectory(spec, frames)):
+        video[k][shape_mask(spec.shape, (cx, cy), (radius, radius), size)] = COLORS[spec.color]
+    return video
+
+
+def start_range(motion: str, frames: int = FRAMES, size: int = SIZE, margin: float = 2.0):
+    """((xmin, xmax), (ymin, ymax)) of start points that keep the whole clip inside the frame."""
+    track = offsets(motion, frames)
+    reach = track[:, 2].max() + margin
+    lo = reach - track[:, :2].min(axis=0)
+    hi = size - 1 - reach - track[:, :2].max(axis=0)
+    return (lo[0], hi[0]), (lo[1], hi[1])
+
+
+def random_spec(rng: np.random.Generator, shape: str, color: str, motion: str) -> ClipSpec:
+    (x0, x1), (y0, y1) = start_range(motion)
+    return ClipSpec(shape, color, motion, (float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))))
+
+
+def centered_spec(shape: str, color: str, motion: str) -> ClipSpec:
+    """The spec whose clip is centred in the frame (the middle of `start_range`)."""
+    (x0, x1), (y0, y1) = start_range(motion)
+    return ClipSpec(shape, color, motion, ((x0 + x1) / 2, (y0 + y1) / 2))
+
+
+def all_combinations(motions=BASE_MOTIONS) -> list[tuple[str, str, str]]:
+    return [(s, c, m) for m in motions for s in SHAPES for c in COLORS]
+
+
+def sample_specs(per_combination: int, seed: int, motions=BASE_MOTIONS) -> list[ClipSpec]:
+    """`per_combination` clips of every shape x colour x motion, start points drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    return [random_spec(rng, *combo) for _ in range(per_combination) for combo in all_combinations(motions)]
+
+
+def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS) -> Path:
+    """Write `<stem>.mp4` and its `<stem>.txt` caption (what MotionDirector's folder dataset reads)."""
+    from utils.synthetic import write_caption
+    from utils.video_io import write_video
+
+    path = write_video(Path(folder) / f"{spec.stem}.mp4", render(spec), fps)
+    write_caption(path, spec.caption)
+    return path
+
+
+# The subjects of the bundled reference clips: one for single-video training, three for multi-video.
+REFERENCE_SUBJECTS = (("square", "blue"), ("circle", "yellow"), ("triangle", "red"))
+
+
+def write_reference_clips(root: str | Path) -> list[Path]:
+    """The new motions' reference clips: `<root>/<motion>/single/` (one subject, centred) and
+    `<root>/<motion>/multi/` (three subjects), each clip with its caption."""
+    written = []
+    for motion in NEW_MOTIONS:
+        for index, (shape, color) in enumerate(REFERENCE_SUBJECTS):
+            spec = centered_spec(shape, color, motion)
+            folders = ["multi"] + (["single"] if index == 0 else [])
+            written += [write_clip(spec, Path(root) / motion / folder) for folder in folders]
+    return written
