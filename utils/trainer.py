@@ -403,9 +403,8 @@ class _Loop:
         return self.items[shard[offset % len(shard)]]
 
     def _micro_step(self, item: dict):
-        device = self.acc.device
         latents, pixels = self._latents(item)
-        embeddings = self.prompts([item["prompt"]]).to(device)
+        embeddings = self.prompts([item["prompt"]])  # already on the training device
         return train_step(
             self.c.unet, self.c.scheduler, latents, embeddings, self.adapters, self._spatial_name(item), self.settings,
             backward=self._backward, autocast=self.acc.autocast, vae=self.c.vae, pixel_values=pixels,
