@@ -59,10 +59,9 @@ from models.pipeline import (  # noqa: E402
 import estimate  # noqa: E402
 from models.unet import (  # noqa: E402
     DEFAULT_GRANULARITY,
-    apply_single_frame_rule,
-    cache_dtype,
     disable_gradient_checkpointing,
     enable_gradient_checkpointing,
+    prepare_unet,
     set_attention_backend,
 )
 from utils import train_step as ts  # noqa: E402
@@ -202,7 +201,7 @@ def _zeroscope_components(tmp: Path, device, dtype) -> Components:
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the GPU directly: minutes faster for 1.4B parameters
-        unet = cache_dtype(apply_single_frame_rule(UNet3DConditionModel(**ZEROSCOPE_UNET)))
+        unet = prepare_unet(UNet3DConditionModel(**ZEROSCOPE_UNET))
         vae = AutoencoderKL(**SD2_VAE)
         text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_VIT_H_TEXT, **ids))
     for model in (unet, vae, text_encoder):

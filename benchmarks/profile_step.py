@@ -90,7 +90,7 @@ def profile_python(loop, args) -> str:
     loop.train(0)
     profiler.disable()
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
+    pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PSORT", "tottime")).print_stats(args.top)
     return out.getvalue()
 
 

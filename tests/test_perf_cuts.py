@@ -1,9 +1,11 @@
-"""The overhead cuts of issue 13 change nothing but speed: the cached UNet dtype."""
+"""The overhead cuts of issue 13 change nothing but speed: the cached UNet dtype, lean attention calls."""
 
 import torch
 
-from models.unet import CachedDtypeUNet3D, cache_dtype, load_unet
 from diffusers import UNet3DConditionModel
+from diffusers.models.attention_processor import Attention
+
+from models.unet import CachedDtypeUNet3D, LeanAttention, cache_dtype, load_unet
 
 
 def test_cached_dtype_is_the_stock_dtype_and_follows_casts(tiny_model_dir):
@@ -42,3 +44,84 @@ def test_prompt_cache_keeps_embeddings_on_the_training_device(tiny_model_dir):
     out = on_meta(["a dog", "a dog"])
     assert out.device.type == "meta" and out.shape == (2, *expected.shape[1:])
     assert on_meta._cache["a dog"].device.type == "meta"  # stored there once, not copied per call
+
+
+def test_lean_attention_gives_the_stock_outputs_and_gradients(tiny_model_dir):
+    lean = load_unet(str(tiny_model_dir))
+    stock = load_unet(str(tiny_model_dir))
+    attentions = [m for m in lean.modules() if isinstance(m, Attention)]
+    assert attentions and all(type(m) is LeanAttention for m in attentions)
+    for module in stock.modules():
+        if type(module) is LeanAttention:
+            module.__class__ = Attention
+    assert list(lean.state_dict()) == list(stock.state_dict())
+    torch.manual_seed(0)
+    sample = torch.randn(1, 4, 3, 8, 8)
+    context = torch.randn(1, 5, stock.config.cross_attention_dim)
+    outputs = []
+    for unet in (lean, stock):
+        unet.eval().requires_grad_(True)
+        out = unet(sample, 10, encoder_hidden_states=context).sample
+        out.square().mean().backward()
+        outputs.append((out.detach(), unet.mid_block.attentions[0].transformer_blocks[0].attn1.to_q.weight.grad))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_lean_attention_passes_extra_kwargs_through_the_stock_filter(tiny_model_dir, monkeypatch):
+    from diffusers.models import attention_processor
+
+    warnings = []
+    monkeypatch.setattr(attention_processor.logger, "warning", warnings.append)
+    attention = next(m for m in load_unet(str(tiny_model_dir)).modules() if isinstance(m, LeanAttention))
+    hidden = torch.randn(2, 16, attention.query_dim)
+    plain = attention(hidden)
+    assert warnings == []
+    # an unknown kwarg takes the stock path: diffusers warns and drops it, the result is unchanged
+    assert torch.equal(attention(hidden, not_a_processor_argument=1.0), plain)
+    assert len(warnings) == 1 and "not_a_processor_argument" in warnings[0]
+
+
+def test_lean_lora_linear_is_bit_identical_to_peft(tiny_model_dir):
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    from models.lora import LeanLoraLinear, activate, add_adapter, lora_layers
+
+    unets = [load_unet(str(tiny_model_dir)) for _ in range(2)]
+    for unet in unets:
+        torch.manual_seed(0)
+        add_adapter(unet, "temporal", 4, dropout=0.1)
+        add_adapter(unet, "spatial", 4, dropout=0.1)
+        for layer in lora_layers(unet):  # non-zero up weights, so the LoRA term counts
+            for up in layer.lora_B.values():
+                torch.nn.init.normal_(up.weight, std=0.1)
+        activate(unet, ["temporal", "spatial"])
+        unet.train().requires_grad_(True)
+    assert all(type(m) is LeanLoraLinear for m in lora_layers(unets[0]))
+    for layer in lora_layers(unets[1]):
+        layer.__class__ = PeftLoraLinear
+    sample = torch.randn(1, 4, 3, 8, 8)
+    context = torch.randn(1, 5, unets[0].config.cross_attention_dim)
+    results = []
+    for unet in unets:
+        torch.manual_seed(1)  # the same dropout masks
+        out = unet(sample, 10, encoder_hidden_states=context).sample
+        out.square().mean().backward()
+        grads = [p.grad for n, p in unet.named_parameters() if "lora_" in n]
+        results.append((out.detach(), grads))
+    assert torch.equal(results[0][0], results[1][0])
+    assert len(results[0][1]) == len(results[1][1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_lean_lora_linear_falls_back_to_peft_when_merged(tiny_model_dir):
+    from models.lora import add_adapter, lora_layers
+
+    unet = load_unet(str(tiny_model_dir))
+    add_adapter(unet, "temporal", 4)
+    layer = lora_layers(unet)[0]
+    torch.nn.init.normal_(layer.lora_B["temporal"].weight, std=0.1)
+    x = torch.randn(3, layer.in_features)
+    unmerged = layer(x)
+    layer.merge()
+    assert layer.merged and torch.allclose(layer(x), unmerged, atol=1e-6)
+    assert torch.allclose(layer.get_base_layer()(x), unmerged, atol=1e-6)  # the merged base carries the LoRA
