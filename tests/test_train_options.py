@@ -257,3 +257,46 @@ def test_rescaled_schedule_reaches_every_copy_of_the_scheduler(tiny_model_dir):
     copy = DDIMScheduler.from_config(trainer.zero_terminal_snr(base).config)
     torch.testing.assert_close(copy.alphas_cumprod, expected, rtol=1e-5, atol=1e-6)
     assert copy.alphas_cumprod[-1] == 0
+
+
+# ----------------------------------------------------------------------------- ablation switches
+
+def test_coupled_tuning_trains_the_temporal_lora_alone(tiny_model_dir, tmp_path):
+    """train_spatial_lora=false: no spatial adapter exists or is saved, every step has a temporal
+    loss and none a spatial one, and the temporal LoRA moves."""
+    run_dir = trainer.run(_config(tiny_model_dir, tmp_path / "out", train_spatial_lora=False, checkpointing_steps=4))
+    assert not (run_dir / "spatial").exists() and not (run_dir / "checkpoint-4" / "spatial").exists()
+    temporal = load_file(run_dir / "temporal" / "lora" / "4_unet.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in temporal.items())
+    schedulers = torch.load(run_dir / "checkpoint-4" / STATE_FILE, weights_only=False)["optimisers"]["schedulers"]
+    assert list(schedulers) == [TEMPORAL] and schedulers[TEMPORAL]["last_epoch"] == 4
+
+
+def test_nothing_to_train_is_a_config_error(tiny_model_dir, tmp_path):
+    from utils.config import validate_config
+
+    with pytest.raises(UserError, match="train_spatial_lora"):
+        validate_config(_config(tiny_model_dir, tmp_path / "out", train_spatial_lora=False, train_temporal_lora=False))
+
+
+def test_temporal_loss_without_the_debiased_term_is_the_plain_mse():
+    from utils.train_step import temporal_loss
+
+    torch.manual_seed(0)
+    pred, target = torch.randn(1, 4, 3, 2, 2), torch.randn(1, 4, 3, 2, 2)
+    mse = ((pred - target) ** 2).mean()
+    # debiased term by hand: alpha = sqrt(2), beta = 1, anchor frame 1
+    d = 2**0.5 * (pred - target) - (pred - target)[:, :, 1:2]
+    assert temporal_loss(pred, target, 1, debias=False).item() == pytest.approx(mse.item(), abs=1e-7)
+    assert temporal_loss(pred, target, 1).item() == pytest.approx((mse + (d**2).mean()).item(), abs=1e-6)
+
+
+def test_debias_switch_reaches_the_training_step(tiny_model_dir, tmp_path, monkeypatch):
+    from utils import train_step as ts
+
+    seen = []
+    real = ts.temporal_loss
+    monkeypatch.setattr(ts, "temporal_loss", lambda *a: seen.append(a[3]) or real(*a))
+    trainer.run(_config(tiny_model_dir, tmp_path / "a", max_train_steps=2, appearance_debiased_loss=False))
+    trainer.run(_config(tiny_model_dir, tmp_path / "b", max_train_steps=2))
+    assert seen == [False, False, True, True]

@@ -95,6 +95,10 @@ class TrainConfig:
     lora_path: str = ""  # start from LoRA weights in <lora_path>/{spatial,temporal}/lora/
     single_spatial_lora: bool = False  # one shared spatial LoRA instead of one per video
     train_temporal_lora: bool = True
+    # Ablations (not in the original): false trains the temporal LoRA alone on whole clips, with no
+    # spatial path (the paper's "coupled tuning"); false drops the appearance-debiased term.
+    train_spatial_lora: bool = True
+    appearance_debiased_loss: bool = True
     random_hflip_img: float = -1.0  # probability of a flipped frame for the spatial loss
 
     # Noise.
@@ -285,6 +289,8 @@ def _range_checks(cfg: DictConfig) -> List[Tuple[str, bool, str]]:
         ("mixed_precision", cfg.mixed_precision in MIXED_PRECISION, f"must be one of {list(MIXED_PRECISION)}"),
         ("lr_scheduler", cfg.lr_scheduler in _scheduler_names(), f"must be one of {_scheduler_names()}"),
         ("logger_type", cfg.logger_type in _logger_names(), f"must be one of {_logger_names()}"),
+        ("train_spatial_lora", cfg.train_spatial_lora or cfg.train_temporal_lora,
+         "with train_temporal_lora false leaves nothing to train; set one of them true"),
     ]
     for key in ("max_train_steps", "checkpointing_steps", "validation_steps",
                 "gradient_accumulation_steps", "train_batch_size"):

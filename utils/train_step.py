@@ -28,6 +28,7 @@ class StepSettings:
     use_offset_noise: bool = False
     offset_noise_strength: float = 0.1
     loss_scale: float = 1.0  # 1 / gradient_accumulation_steps
+    appearance_debias: bool = True  # the temporal loss's appearance-debiased term
 
 
 @dataclass
@@ -77,8 +78,9 @@ def appearance_debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: i
     return F.mse_loss(pred_d.float(), target_d.float())
 
 
-def temporal_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int) -> torch.Tensor:
-    return F.mse_loss(pred.float(), target.float()) + appearance_debiased_loss(pred, target, anchor)
+def temporal_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, debias: bool = True) -> torch.Tensor:
+    loss = F.mse_loss(pred.float(), target.float())
+    return loss + appearance_debiased_loss(pred, target, anchor) if debias else loss
 
 
 def train_step(
@@ -87,7 +89,7 @@ def train_step(
     latents: torch.Tensor,
     text_embeddings: torch.Tensor,
     adapters: Adapters,
-    spatial_adapter: str,
+    spatial_adapter: str | None,
     settings: StepSettings,
     backward,
     autocast,
@@ -124,7 +126,7 @@ def train_step(
         with autocast():
             pred = unet(noisy, timesteps, encoder_hidden_states=text_embeddings).sample
         anchor = torch.randint(0, pred.shape[2], (1,)).item()
-        loss_temporal = temporal_loss(pred, target, anchor)
+        loss_temporal = temporal_loss(pred, target, anchor, settings.appearance_debias)
         backward(loss_temporal * settings.loss_scale)
 
     return StepLosses(

@@ -203,7 +203,7 @@ def _to_device(item: dict, device) -> dict:
 
 def _add_adapters(cfg, unet, num_items: int, resume_from: Path | None) -> Adapters:
     """Fresh adapters, or the ones saved in the resumed checkpoint / under `lora_path`."""
-    spatial = spatial_adapter_names(1 if cfg.single_spatial_lora else num_items)
+    spatial = spatial_adapter_names(1 if cfg.single_spatial_lora else num_items) if cfg.train_spatial_lora else []
     names = ([TEMPORAL] if cfg.train_temporal_lora else []) + spatial
     for name in names:
         start = _initial_lora_folder(cfg, name, spatial, resume_from)
@@ -298,7 +298,8 @@ class _Loop:
         self.adapters, self.optimisers, self.items, self.run_dir = adapters, optimisers, items, Path(run_dir)
         self.prompts = PromptCache(components.tokenizer, components.text_encoder, accelerator.device)
         self.settings = StepSettings(
-            train_spatial=True,
+            train_spatial=cfg.train_spatial_lora,
+            appearance_debias=cfg.appearance_debiased_loss,
             train_temporal=cfg.train_temporal_lora,
             random_hflip_img=cfg.random_hflip_img,
             use_offset_noise=cfg.use_offset_noise and not cfg.rescale_schedule,
@@ -368,6 +369,7 @@ class _Loop:
     def _trained_clips(self, local: list[str]) -> list[str]:
         """The spatial LoRAs whose clip any process trained on this step: every process steps the
         same LR schedulers, so their learning rates stay equal."""
+        local = [n for n in local if n is not None]  # None: no spatial path
         if self.acc.num_processes == 1:
             return list(dict.fromkeys(local))
         names = self.adapters.spatial
@@ -375,9 +377,11 @@ class _Loop:
         mask = self.acc.reduce(mask, reduction="sum")
         return [n for n, used in zip(names, mask.tolist()) if used]
 
-    def _spatial_name(self, item: dict) -> str:
-        """The clip's own spatial LoRA (or the shared one)."""
+    def _spatial_name(self, item: dict) -> str | None:
+        """The clip's own spatial LoRA (or the shared one; None without a spatial path)."""
         spatial = self.adapters.spatial
+        if not spatial:
+            return None
         return spatial[0] if len(spatial) == 1 else spatial[item["index"]]
 
     def _log(self, step: int, losses, seconds: float) -> None:
