@@ -172,21 +172,57 @@ def test_shipped_base_loads_and_samples_the_prompt():
 
 
 def test_experiment_row_scores_motion_appearance_and_leakage():
-    from utils.toy_world.experiment import new_subjects, row_of
+    from utils.toy_world.experiment import new_subjects, score_row
 
-    reference = ("square", "blue")
-    subjects = new_subjects(reference)
+    references = [("square", "blue")]
+    subjects = new_subjects(references)
     assert len(subjects) == 2 * 3 and all(s != "square" and c != "blue" for s, c in subjects)
-    faithful = [((s, c), world.render(world.centered_spec(s, c, "zigzag"))) for s, c in subjects]
-    row = row_of("ideal", "zigzag", reference, faithful, 1.0, 2.0)
+    reference = world.render(world.centered_spec("square", "blue", "zigzag"))
+    faithful = [((s, c), 0, world.render(world.centered_spec(s, c, "zigzag"))) for s, c in subjects]
+    row = score_row("ideal", "zigzag", references, reference, faithful, 1.0, 2.0)
     assert row["motion_hit_rate"] == 1.0 and row["appearance_accuracy"] == 1.0 and row["leakage"] == 0.0
+    assert row["motion_fidelity"] > 90  # percent: the same motion on other subjects
     # the reference subject drawn instead of the prompt's: all appearance wrong, all leaked
-    leaked = [((s, c), world.render(world.centered_spec("square", "blue", "zigzag"))) for s, c in subjects]
-    row = row_of("copycat", "zigzag", reference, leaked, 1.0, 2.0)
+    copies = [((s, c), 0, reference) for s, c in subjects]
+    row = score_row("copycat", "zigzag", references, reference, copies, 1.0, 2.0)
     assert row["appearance_accuracy"] == 0.0 and row["leakage"] == 1.0 and row["motion_hit_rate"] == 1.0
     # the right subject going left is far from the zigzag
-    wrong = [((s, c), world.render(world.centered_spec(s, c, "left"))) for s, c in subjects]
-    assert row_of("wrong", "zigzag", reference, wrong, 1.0, 2.0)["motion_hit_rate"] == 0.0
+    wrong = [((s, c), 0, world.render(world.centered_spec(s, c, "left"))) for s, c in subjects]
+    row = score_row("wrong", "zigzag", references, reference, wrong, 1.0, 2.0)
+    assert row["motion_hit_rate"] == 0.0 and row["motion_fidelity"] < 10
+
+
+def test_multi_video_subjects_and_leakage():
+    from utils.toy_world.experiment import leaked, new_subjects, reference_subjects
+    from utils.toy_world.score import score_clip
+
+    references = reference_subjects("zigzag", "multi")
+    assert sorted(references) == sorted(world.REFERENCE_SUBJECTS)
+    subjects = new_subjects(references)
+    assert len(subjects) == 12 - 3 and not set(subjects) & set(references)
+    # a green circle asked for, a yellow circle drawn: yellow is a reference colour (leak); a red
+    # circle drawn for "green square": red and circle both belong to references (leak)
+    drawn = score_clip(world.render(world.centered_spec("circle", "yellow", "zigzag")), "circle", "green", "zigzag")
+    assert leaked(drawn, ("circle", "green"), references)
+    right = score_clip(world.render(world.centered_spec("circle", "green", "zigzag")), "circle", "green", "zigzag")
+    assert not leaked(right, ("circle", "green"), references)
+
+
+def test_summary_averages_motions_within_a_seed_then_over_seeds():
+    from utils.toy_world.experiment import summarize_rows
+
+    def row(name, motion, seed, distance):
+        scores = dict.fromkeys(("motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
+                                "train_s", "sample_s"), 0.0)
+        return {"row": name, "motion": motion, "mode": "single", "seed": seed, "trajectory_distance": distance,
+                **scores}
+
+    rows = [row("base", "zigzag", None, 10.0), row("base", "circling", None, 14.0),
+            row("motiondirector", "zigzag", 0, 2.0), row("motiondirector", "circling", 0, 4.0),
+            row("motiondirector", "zigzag", 1, 4.0), row("motiondirector", "circling", 1, 6.0)]
+    base, md = summarize_rows(rows)
+    assert base["row"] == "base" and base["trajectory_distance"] == 12.0 and base["seeds"] == 0
+    assert md["trajectory_distance"] == 4.0 and md["trajectory_distance_std"] == 1.0 and md["seeds"] == 2
 
 
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():

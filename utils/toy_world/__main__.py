@@ -75,14 +75,23 @@ def _experiment(args) -> None:
     import json
     from pathlib import Path
 
-    from utils.toy_world.experiment import format_table, run_experiment
+    import imageio.v3 as iio
+
+    from utils.toy_world.experiment import Sampling, format_table, frame_strips, run_experiment, summarize_rows
 
     torch.set_num_threads(args.threads)
-    rows = run_experiment(args.model, args.motion, args.train_seeds, list(range(args.sample_seeds)),
-                          args.steps, args.out_dir)
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.out_dir) / "table.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf8")
-    print(format_table(rows))
+    out = Path(args.out_dir)
+    sampling = Sampling(seeds=tuple(range(args.sample_seeds)), subjects=args.subjects)
+    rows = run_experiment(args.model, out, args.motion, args.modes, args.train_seeds, args.steps, sampling,
+                          args.variants)
+    summary = summarize_rows(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    plain = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
+    (out / "table.json").write_text(json.dumps({"summary": summary, "rows": plain}, indent=1) + "\n", encoding="utf8")
+    (out / "table.md").write_text(format_table(summary) + "\n", encoding="utf8")
+    for motion in args.motion:
+        iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0]))
+    print(format_table(summary))
 
 
 def _probe(args) -> None:
@@ -95,6 +104,9 @@ def _probe(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from utils.toy_world.experiment import MODES, VARIANTS
+    from utils.toy_world.world import NEW_MOTIONS
+
     parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -139,12 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     probe.set_defaults(run=_probe)
 
-    exp = commands.add_parser("experiment", help="base vs MotionDirector on one new motion (prints a table)")
+    exp = commands.add_parser("experiment", help="base, MotionDirector and its ablations on new motions (a table)")
     exp.add_argument("model", help="the base pipeline folder")
-    exp.add_argument("out_dir", help="folder for the training runs and table.json")
-    exp.add_argument("--motion", default="zigzag", help="a new motion (default zigzag)")
-    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="MotionDirector training seeds")
+    exp.add_argument("out_dir", help="folder for the training runs, table.json, table.md and strips_<motion>.png")
+    exp.add_argument("--motion", nargs="+", default=list(NEW_MOTIONS), choices=NEW_MOTIONS,
+                     help="new motions (default: all)")
+    exp.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                     help="single (one reference clip) and/or multi (three); default both")
+    exp.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                     help="training variants (default: all)")
+    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     exp.add_argument("--sample-seeds", type=int, default=2, help="samples per new subject (default 2)")
+    exp.add_argument("--subjects", type=int, default=6, help="new subjects per motion (default 6)")
     exp.add_argument("--steps", type=int, default=300, help="MotionDirector training steps (default 300)")
     exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     exp.set_defaults(run=_experiment)

@@ -1,12 +1,13 @@
-"""MotionDirector on the toy world: learn a new motion from its reference clip, score new subjects.
+"""MotionDirector on the toy world: learn a new motion from reference clips, score new subjects.
 
-    rows = run_experiment(base, motion="zigzag", train_seeds=[0], out_dir=...)
+    report = run_experiment(base, motions=["zigzag"], modes=["single"], train_seeds=[0, 1, 2], ...)
 
-Training goes through the project's own `MotionDirector_train.py` (a subprocess, exactly as a user
-runs it, with `configs/config_toy_world_single_video.yaml` and key=value overrides); sampling
-loads the run's temporal LoRA with `utils.generate.prepare_model` and samples with the project's
-sampler. New subjects differ from the reference clip's subject in both colour and shape, so a
-reference colour or shape in a sample is leakage.
+For each new motion and each mode (`single`: one reference clip; `multi`: three clips of different
+subjects) it trains, with the project's own `MotionDirector_train.py` (a subprocess, exactly as a
+user runs it, `configs/config_toy_world_single_video.yaml` plus key=value overrides), the variants
+of `VARIANTS` once per training seed, then samples new subjects doing the motion with the run's
+temporal LoRA (and, for MotionDirector on a single clip, with the noise prior) and scores them
+with the detector. The base model (no LoRA) is sampled once per motion: it has no training seed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,99 +31,216 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "config_toy_world_single_video.yaml"
 REFERENCE_ROOT = REPO / "test_data" / "toy_world"
 CLOSE_ENOUGH = 4.0  # a trajectory within this many pixels (mean per frame) counts as the motion
+MODES = ("single", "multi")
+# Training variants: config overrides on top of the toy config. "coupled" is the paper's coupled
+# tuning: the temporal LoRA alone, trained on whole clips with the plain diffusion loss.
+VARIANTS = {
+    "motiondirector": (),
+    "coupled": ("train_spatial_lora=False", "appearance_debiased_loss=False"),
+    "no_debias": ("appearance_debiased_loss=False",),
+}
+NOISE_PRIORS = (0.3, 0.5)  # sampled for MotionDirector on a single clip
+ROW_ORDER = ["base", "motiondirector", "coupled", "no_debias"] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    seeds: tuple[int, ...] = (0, 1)
+    num_steps: int = 25
+    guidance_scale: float = 4.0
+    subjects: int = 6  # new subjects per motion
+
+
+def reference_clips(motion: str, mode: str = "single") -> list[Path]:
+    clips = sorted((REFERENCE_ROOT / motion / mode).glob("*.mp4"))
+    if not clips:
+        raise FileNotFoundError(f"no reference clip for {motion!r} in {REFERENCE_ROOT / motion / mode} "
+                                "(python -m utils.toy_world make-data test_data/toy_world --reference)")
+    return clips
 
 
 def reference_clip(motion: str) -> Path:
-    clips = sorted((REFERENCE_ROOT / motion / "single").glob("*.mp4"))
-    if not clips:
-        raise FileNotFoundError(f"no reference clip for {motion!r} in {REFERENCE_ROOT} "
-                                "(python -m utils.toy_world make-data test_data/toy_world --reference)")
-    return clips[0]
+    return reference_clips(motion, "single")[0]
 
 
-def new_subjects(reference: tuple[str, str]) -> list[tuple[str, str]]:
-    """(shape, colour) pairs sharing neither shape nor colour with the reference subject."""
-    return [(s, c) for s in world.SHAPES for c in world.COLORS if s != reference[0] and c != reference[1]]
+def reference_subjects(motion: str, mode: str = "single") -> list[tuple[str, str]]:
+    from utils.toy_world.evaluate import parse_caption
+
+    return [parse_caption(c.with_suffix(".txt").read_text(encoding="utf8"))[:2] for c in reference_clips(motion, mode)]
+
+
+def new_subjects(references: list[tuple[str, str]], count: int | None = None) -> list[tuple[str, str]]:
+    """(shape, colour) pairs that are none of the reference subjects; with one reference, pairs
+    that share neither its shape nor its colour. Spread over shapes and colours."""
+    if len(references) == 1:
+        (ref_shape, ref_color), = references
+        pairs = [(s, c) for c in world.COLORS for s in world.SHAPES if s != ref_shape and c != ref_color]
+    else:
+        pairs = [(s, c) for c in world.COLORS for s in world.SHAPES if (s, c) not in references]
+    return pairs[:count] if count else pairs
+
+
+def leaked(score: ClipScore, prompt_subject: tuple[str, str], references: list[tuple[str, str]]) -> bool:
+    """A wrong colour or shape that is a reference subject's: the reference's appearance leaked in."""
+    shape, color = prompt_subject
+    wrong_color = score.color != color and score.color in {c for _, c in references}
+    wrong_shape = score.shape != shape and score.shape in {s for s, _ in references}
+    return wrong_color or wrong_shape
+
+
+def data_overrides(motion: str, mode: str) -> list[str]:
+    if mode == "single":
+        clip = reference_clip(motion)
+        caption = clip.with_suffix(".txt").read_text(encoding="utf8").strip()
+        return [f"train_data.single_video_path={clip}", f"train_data.single_video_prompt={caption}"]
+    return ["dataset_types=[folder]", f"train_data.path={REFERENCE_ROOT / motion / mode}",
+            "single_spatial_lora=False"]
 
 
 def train_motiondirector(base: Path, motion: str, seed: int, steps: int, out_dir: Path,
-                         overrides: tuple[str, ...] = ()) -> tuple[Path, float]:
-    """Run MotionDirector_train.py on the motion's reference clip; (run folder, seconds)."""
-    clip = reference_clip(motion)
-    caption = clip.with_suffix(".txt").read_text(encoding="utf8").strip()
+                         overrides: tuple[str, ...] = (), mode: str = "single") -> tuple[Path, float]:
+    """Run MotionDirector_train.py on the motion's reference clip(s); (run folder, seconds)."""
     command = [sys.executable, "MotionDirector_train.py", "--config", str(CONFIG),
                f"pretrained_model_path={base}", f"output_dir={out_dir}", f"seed={seed}",
                f"max_train_steps={steps}", f"checkpointing_steps={steps}", f"validation_steps={steps}",
-               "validation_data.sample_preview=False", f"train_data.single_video_path={clip}",
-               f"train_data.single_video_prompt={caption}", *overrides]
+               "validation_data.sample_preview=False", *data_overrides(motion, mode), *overrides]
     started = time.time()
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return sorted(Path(out_dir).glob("train_*"))[-1], time.time() - started
 
 
-def sample_subjects(base: Path, run: Path | None, motion: str, subjects, seeds, num_steps: int = 25,
-                    guidance_scale: float = 4.0) -> tuple[list[tuple[tuple, np.ndarray]], float]:
-    """Clips of every subject doing `motion` (with the run's temporal LoRA, or the bare base)."""
+def sample_subjects(base: Path, run: Path | None, motion: str, subjects, sampling: Sampling,
+                    noise_prior: float = 0.0) -> tuple[list[tuple[tuple, int, np.ndarray]], float]:
+    """((shape, colour), seed, clip) of every subject doing `motion`, with the run's temporal LoRA
+    (and its noise prior) or the bare base; and the sampling seconds."""
     from models.lora import TEMPORAL
-    from utils.generate import LoraRequest, prepare_model
-    from utils.toy_world.evaluate import sample_prompt
+    from utils.generate import GenerationSettings, LoraRequest, NoisePrior, _inverted_for, prepare_model, sample_video
 
     loras = [LoraRequest(run / "temporal" / "lora", TEMPORAL, 1.0)] if run is not None else []
     components = prepare_model(str(base), loras, "cpu", torch.float32)
+    prior = NoisePrior.from_folder(run / "cached_latents", "train with cache_latents") if noise_prior > 0 else None
     started, clips = time.time(), []
     for shape, color in subjects:
-        for seed in seeds:
-            clip = sample_prompt(components, world.caption(shape, color, motion), seed, 1, num_steps,
-                                 guidance_scale)[0]
-            clips.append(((shape, color), clip))
+        settings = GenerationSettings(prompt=world.caption(shape, color, motion), width=world.SIZE,
+                                      height=world.SIZE, num_frames=world.FRAMES, num_steps=sampling.num_steps,
+                                      guidance_scale=sampling.guidance_scale, noise_prior=noise_prior)
+        for seed in sampling.seeds:
+            inverted = _inverted_for(seed, settings, prior, components)
+            clips.append(((shape, color), seed, sample_video(components, settings, seed, inverted)[0].numpy()))
     return clips, time.time() - started
 
 
-def row_of(name: str, motion: str, reference: tuple[str, str], clips, train_s: float, sample_s: float) -> dict:
-    scores: list[ClipScore] = [score_clip(clip, shape, color, motion) for (shape, color), clip in clips]
-    leaked = [s.color == reference[1] or s.shape == reference[0] for s in scores]
+def score_row(name: str, motion: str, references, reference_frames: np.ndarray, clips,
+              train_s: float, sample_s: float) -> dict:
+    from utils.evaluation.motion_fidelity import motion_fidelity
+
+    scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
     distances = np.array([s.trajectory_distance for s in scores])
     return {
         "row": name,
         "trajectory_distance": float(distances.mean()),
         "motion_hit_rate": float((distances < CLOSE_ENOUGH).mean()),
+        "motion_fidelity": float(np.mean([motion_fidelity(clip, reference_frames) for _, _, clip in clips])),
         "appearance_accuracy": float(np.mean([s.color_ok and s.shape_ok for s in scores])),
-        "leakage": float(np.mean(leaked)),
+        "leakage": float(np.mean([leaked(s, subject, references) for s, (subject, _, _) in zip(scores, clips)])),
         "train_s": round(train_s, 1),
         "sample_s": round(sample_s, 1),
         "clips": len(scores),
     }
 
 
-def reference_subject(motion: str) -> tuple[str, str]:
-    from utils.toy_world.evaluate import parse_caption
+def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTIONS, modes=MODES,
+                   train_seeds=(0, 1, 2), steps: int = 300, sampling: Sampling = Sampling(),
+                   variants=tuple(VARIANTS), keep_clips: bool = True) -> list[dict]:
+    """Every row for every motion, mode and training seed (the base once per motion and mode).
 
-    shape, color, _ = parse_caption(reference_clip(motion).with_suffix(".txt").read_text(encoding="utf8"))
-    return shape, color
+    Each row dict carries motion, mode, seed (None for the base), the scores and, when
+    `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable).
+    """
+    from utils.video_io import read_frames, video_info
 
-
-def run_experiment(base: str | Path, motion: str, train_seeds, sample_seeds, steps: int,
-                   out_dir: str | Path) -> list[dict]:
-    """Rows for the base model and MotionDirector (one per training seed) on one new motion."""
     base, out_dir = Path(base).resolve(), Path(out_dir).resolve()
-    reference = reference_subject(motion)
-    subjects = new_subjects(reference)
-    clips, sample_s = sample_subjects(base, None, motion, subjects, sample_seeds)
-    rows = [row_of("base", motion, reference, clips, 0.0, sample_s)]
-    for seed in train_seeds:
-        run, train_s = train_motiondirector(base, motion, seed, steps, out_dir / f"md_seed{seed}")
-        clips, sample_s = sample_subjects(base, run, motion, subjects, sample_seeds)
-        rows.append(row_of(f"motiondirector (seed {seed})", motion, reference, clips, train_s, sample_s))
-        logger.info("%s", rows[-1])
+    rows = []
+    for motion in motions:
+        reference_path = reference_clip(motion)
+        reference_frames = read_frames(reference_path, range(video_info(reference_path).num_frames))
+        for mode in modes:
+            references = reference_subjects(motion, mode)
+            subjects = new_subjects(references, sampling.subjects)
+
+            def add(name, seed, run, train_s, noise_prior=0.0):
+                clips, sample_s = sample_subjects(base, run, motion, subjects, sampling, noise_prior)
+                row = score_row(name, motion, references, reference_frames, clips, train_s, sample_s)
+                row.update(motion=motion, mode=mode, seed=seed, **({"samples": clips} if keep_clips else {}))
+                rows.append(row)
+                logger.info("%s %s %s seed %s: distance %.2f px, fidelity %.3f, appearance %.2f, leakage %.2f",
+                            motion, mode, name, seed, row["trajectory_distance"], row["motion_fidelity"],
+                            row["appearance_accuracy"], row["leakage"])
+
+            add("base", None, None, 0.0)
+            for variant in variants:
+                for seed in train_seeds:
+                    run, train_s = train_motiondirector(base, motion, seed, steps,
+                                                        out_dir / motion / mode / f"{variant}_seed{seed}",
+                                                        VARIANTS[variant], mode)
+                    add(variant, seed, run, train_s)
+                    if variant == "motiondirector" and mode == "single":
+                        for prior in NOISE_PRIORS:
+                            add(f"motiondirector_np{prior}", seed, run, train_s, prior)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    keys = ["row", "trajectory_distance", "motion_hit_rate", "appearance_accuracy", "leakage", "train_s",
-            "sample_s", "clips"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) and k not in ("train_s", "sample_s") else str(row[k])
-                 for k in keys]
+SCORE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
+              "train_s", "sample_s")
+
+
+def summarize_rows(rows: list[dict]) -> list[dict]:
+    """One line per (mode, row): each score averaged over motions within a training seed, then
+    mean and standard deviation over the seeds (the base has one value: no seed)."""
+    summary = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        for name in [n for n in ROW_ORDER if any(r["row"] == n and r["mode"] == mode for r in rows)]:
+            picked = [r for r in rows if r["row"] == name and r["mode"] == mode]
+            seeds = list(dict.fromkeys(r["seed"] for r in picked))
+            line = {"mode": mode, "row": name, "seeds": len([s for s in seeds if s is not None]),
+                    "motions": len({r["motion"] for r in picked})}
+            for key in SCORE_KEYS:
+                per_seed = [np.mean([r[key] for r in picked if r["seed"] == s]) for s in seeds]
+                line[key] = float(np.mean(per_seed))
+                line[f"{key}_std"] = float(np.std(per_seed))
+            summary.append(line)
+    return summary
+
+
+def format_table(summary: list[dict]) -> str:
+    headers = ["mode", "row", "trajectory px ↓", "hit rate ↑", "motion fidelity ↑", "appearance ↑", "leakage ↓",
+               "train s", "sample s", "seeds"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for line in summary:
+        cells = [line["mode"], line["row"]]
+        for key, digits in (("trajectory_distance", 2), ("motion_hit_rate", 2), ("motion_fidelity", 1),
+                            ("appearance_accuracy", 2), ("leakage", 2), ("train_s", 0), ("sample_s", 0)):
+            spread = f" ± {line[key + '_std']:.{digits}f}" if line["seeds"] > 1 and key not in ("train_s", "sample_s") else ""
+            cells.append(f"{line[key]:.{digits}f}{spread}")
+        cells.append(str(line["seeds"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def frame_strips(rows: list[dict], motion: str, names=("base", "motiondirector", "coupled"), mode: str = "single",
+                 scale: int = 2) -> np.ndarray:
+    """uint8 picture: the reference clip's frames on top, then for each row name the first sample
+    (same subject and seed) of the first training seed; one frame per column."""
+    from utils.video_io import read_frames, video_info
+
+    path = reference_clip(motion)
+    strips = [read_frames(path, range(video_info(path).num_frames))]
+    for name in names:
+        row = next((r for r in rows if r["row"] == name and r["motion"] == motion and r["mode"] == mode), None)
+        if row is not None and row.get("samples"):
+            strips.append(row["samples"][0][2])
+    gap = np.full((strips[0].shape[1], 2, 3), 255, np.uint8)
+    lines = [np.concatenate([np.concatenate([f, gap], axis=1) for f in strip], axis=1) for strip in strips]
+    bar = np.full((2, lines[0].shape[1], 3), 255, np.uint8)
+    picture = np.concatenate([np.concatenate([line, bar]) for line in lines])
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
