@@ -245,3 +245,24 @@ def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
 
     loss = unet_loss(VelocityOracle(), scheduler, latents, None, torch.Generator().manual_seed(1))
     assert float(loss) < 1e-10
+
+
+def test_compare_writes_scores_and_strip(tmp_path):
+    """The quick start's last step on known clips: the reference's motion on the prompt's subject
+    scores high, a still subject low; appearance is the share of colour and shape right."""
+    import json
+
+    from utils.toy_world.compare import compare_videos
+
+    reference = world.write_clip(world.centered_spec("square", "blue", "zigzag"), tmp_path / "ref")
+    base = world.write_clip(world.centered_spec("circle", "green", "still"), tmp_path / "base")
+    md = world.write_clip(world.centered_spec("circle", "red", "zigzag"), tmp_path / "md")
+    scores = compare_videos(reference, "a red circle zigzagging", base, md, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "scores.json").read_text()) == scores
+    assert set(scores) == {"reference", "prompt", "base", "motiondirector"}
+    assert scores["motiondirector"]["appearance_accuracy"] == 1.0 and scores["base"]["appearance_accuracy"] == 0.5
+    assert scores["motiondirector"]["motion_fidelity"] > 90 > 10 > scores["base"]["motion_fidelity"]
+    assert scores["motiondirector"]["trajectory_distance_px"] < 1.0 < scores["base"]["trajectory_distance_px"]
+    import imageio.v3 as iio
+
+    assert iio.imread(tmp_path / "out" / "strip.png").shape == (2 * (3 * world.SIZE + 6), 2 * world.FRAMES * (world.SIZE + 2), 3)

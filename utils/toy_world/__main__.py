@@ -94,6 +94,17 @@ def _experiment(args) -> None:
     print(format_table(summary))
 
 
+def _compare(args) -> None:
+    from utils.toy_world.compare import compare_videos
+
+    scores = compare_videos(args.reference, args.prompt, args.base, args.motiondirector, args.out_dir)
+    for name in ("base", "motiondirector"):
+        s = scores[name]
+        print(f"{name:>14}: motion fidelity {s['motion_fidelity']:6.1f}  trajectory distance "
+              f"{s['trajectory_distance_px']:5.1f} px  appearance {s['appearance_accuracy']:.1f}  ({s['video']})")
+    print(f"wrote {args.out_dir}/scores.json and {args.out_dir}/strip.png")
+
+
 def _probe(args) -> None:
     import json
 
@@ -150,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("model", help="pipeline folder")
     probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     probe.set_defaults(run=_probe)
+
+    cmp = commands.add_parser("compare", help="score a base and a MotionDirector video against the reference clip")
+    cmp.add_argument("reference", help="the reference clip (mp4)")
+    cmp.add_argument("--prompt", required=True, help="the world caption both videos were generated from")
+    cmp.add_argument("--base", required=True, help="video of the base model (no LoRA, or LoRA scale 0)")
+    cmp.add_argument("--motiondirector", required=True, help="video with the trained temporal LoRA")
+    cmp.add_argument("--out-dir", required=True, help="folder for scores.json and strip.png")
+    cmp.set_defaults(run=_compare)
 
     exp = commands.add_parser("experiment", help="base, MotionDirector and its ablations on new motions (a table)")
     exp.add_argument("model", help="the base pipeline folder")

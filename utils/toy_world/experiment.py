@@ -231,16 +231,11 @@ def frame_strips(rows: list[dict], motion: str, names=("base", "motiondirector",
                  scale: int = 2) -> np.ndarray:
     """uint8 picture: the reference clip's frames on top, then for each row name the first sample
     (same subject and seed) of the first training seed; one frame per column."""
-    from utils.video_io import read_frames, video_info
+    from utils.toy_world.compare import read_clip, strip
 
-    path = reference_clip(motion)
-    strips = [read_frames(path, range(video_info(path).num_frames))]
+    clips = [read_clip(reference_clip(motion))]
     for name in names:
         row = next((r for r in rows if r["row"] == name and r["motion"] == motion and r["mode"] == mode), None)
         if row is not None and row.get("samples"):
-            strips.append(row["samples"][0][2])
-    gap = np.full((strips[0].shape[1], 2, 3), 255, np.uint8)
-    lines = [np.concatenate([np.concatenate([f, gap], axis=1) for f in strip], axis=1) for strip in strips]
-    bar = np.full((2, lines[0].shape[1], 3), 255, np.uint8)
-    picture = np.concatenate([np.concatenate([line, bar]) for line in lines])
-    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
+            clips.append(row["samples"][0][2])
+    return strip(clips, scale)
