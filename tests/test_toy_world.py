@@ -266,3 +266,19 @@ def test_compare_writes_scores_and_strip(tmp_path):
     import imageio.v3 as iio
 
     assert iio.imread(tmp_path / "out" / "strip.png").shape == (2 * (3 * world.SIZE + 6), 2 * world.FRAMES * (world.SIZE + 2), 3)
+
+
+def test_pretraining_clips_start_near_the_centre():
+    """Starts within START_SPREAD of the centred start in both axes (so the motion word says where
+    the subject is in each frame); spread=None draws anywhere the clip fits."""
+    specs = world.sample_specs(4, seed=0)
+    for spec in specs:
+        centre = world.centered_spec(spec.shape, spec.color, spec.motion).start
+        assert max(abs(a - b) for a, b in zip(spec.start, centre)) <= world.START_SPREAD
+    anywhere = world.sample_specs(4, seed=0, spread=None)
+    far = [s for s in anywhere
+           if max(abs(a - b) for a, b in zip(s.start, world.centered_spec(s.shape, s.color, s.motion).start)) > 10]
+    assert far  # the unconstrained draw reaches far from the centre
+    for spec in anywhere:
+        (x0, x1), (y0, y1) = world.start_range(spec.motion)
+        assert x0 <= spec.start[0] <= x1 and y0 <= spec.start[1] <= y1

@@ -81,6 +81,7 @@ class PretrainSettings:
     warmup_steps: int = 100
     ema_decay: float = 0.999
     clips_per_combination: int = 16  # pretraining clips of each shape x colour x base motion
+    start_spread: float | None = world.START_SPREAD  # pixels around the centred start (see world.START_SPREAD)
     uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
     checkpoint_every: int = 100
     time_budget_s: float = math.inf  # stop (resumably) after this many seconds of this call
@@ -232,7 +233,7 @@ def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-    specs = world.sample_specs(settings.clips_per_combination, settings.seed + 1)
+    specs = world.sample_specs(settings.clips_per_combination, settings.seed + 1, spread=settings.start_spread)
     captions = sorted({s.caption for s in specs})
     latents = []
     with torch.no_grad():
