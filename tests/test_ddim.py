@@ -155,6 +155,37 @@ def test_inversion_timestep_alpha_pairing():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
+def test_inversion_of_a_v_prediction_model_equals_its_noise_form():
+    """A model that predicts v = (eps - sqrt(1-a) x) / sqrt(a) inverts exactly like the model that
+    predicts that eps: the inversion converts v back to the noise with the same alpha."""
+    config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    eps_scheduler = DDIMScheduler(**config)
+    v_scheduler = DDIMScheduler(**config, prediction_type="v_prediction")
+    alphas = eps_scheduler.alphas_cumprod
+
+    def eps_of(x, t):
+        return 0.3 * x + torch.sin(torch.tensor(float(t)) / 100)
+
+    class Model(torch.nn.Module):
+        def __init__(self, v: bool):
+            super().__init__()
+            self.v = v
+
+        def forward(self, x, t, encoder_hidden_states=None):
+            eps = eps_of(x, t)
+            a = alphas[int(t)]
+            return SimpleNamespace(sample=(eps - (1 - a) ** 0.5 * x) / a**0.5 if self.v else eps)
+
+    x = torch.randn(1, 4, 2, 4, 4)
+    context = torch.zeros(1, 77, 8)
+    expected = ddim_inversion(Model(False), eps_scheduler, x, context, num_steps=5)
+    torch.testing.assert_close(ddim_inversion(Model(True), v_scheduler, x, context, num_steps=5), expected,
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="sample"):
+        ddim_inversion(Model(False), DDIMScheduler(**config, prediction_type="sample"), x, context, num_steps=2)
+
+
 def test_inversion_runs_on_tiny_model(tiny_model_dir):
     unet = UNet3DConditionModel.from_pretrained(tiny_model_dir, subfolder="unet").eval()
     scheduler = DDIMScheduler.from_pretrained(tiny_model_dir, subfolder="scheduler")

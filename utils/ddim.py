@@ -65,9 +65,21 @@ def ddim_inversion(
     dtype = getattr(unet, "dtype", torch.float32)
     for i in tqdm(range(num_steps), desc="DDIM inversion", disable=not progress):
         t = timesteps[len(timesteps) - i - 1]
-        eps = unet(latent.to(dtype), t, encoder_hidden_states=text_embeddings).sample.float()
-        latent = _inversion_step(eps, t, latent, inv_scheduler)
+        output = unet(latent.to(dtype), t, encoder_hidden_states=text_embeddings).sample.float()
+        latent = _inversion_step(_as_noise(output, t, latent, inv_scheduler), t, latent, inv_scheduler)
     return latent
+
+
+def _as_noise(output: torch.Tensor, t, sample: torch.Tensor, scheduler: DDIMScheduler) -> torch.Tensor:
+    """The UNet's output as a noise prediction: v-prediction models (eps = sqrt(a) v + sqrt(1-a) x_t,
+    a = alpha_bar at the timestep the UNet was given) are converted; epsilon models pass through."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return output
+    if kind != "v_prediction":
+        raise ValueError(f"DDIM inversion supports epsilon and v_prediction models, not {kind!r}")
+    alpha_prod = scheduler.alphas_cumprod[int(t)]
+    return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
 
 
 def mix_noise_prior(inverted: torch.Tensor, noise: torch.Tensor, p: float) -> torch.Tensor:

@@ -33,7 +33,8 @@ def _pretrain(args) -> None:
     spread = START_SPREAD if args.start_spread is None else (None if args.start_spread < 0 else args.start_spread)
     settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                                 time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
-                                zero_terminal_snr=args.zero_terminal_snr, start_spread=spread)
+                                zero_terminal_snr=args.zero_terminal_snr, v_prediction=args.v_prediction,
+                                start_spread=spread)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     pre.add_argument("--zero-terminal-snr", action="store_true",
                      help="rescale the betas to zero terminal SNR and predict v (experimental)")
+    pre.add_argument("--v-prediction", action="store_true",
+                     help="predict v instead of the noise (weighs the layout at high noise up)")
     pre.add_argument("--start-spread", type=float, default=None,
                      help="pretraining clips start within this many pixels of the centred start "
                           "(default: world.START_SPREAD; a negative value: anywhere)")

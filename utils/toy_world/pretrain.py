@@ -85,16 +85,20 @@ class PretrainSettings:
     uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
     checkpoint_every: int = 100
     time_budget_s: float = math.inf  # stop (resumably) after this many seconds of this call
-    # Zero terminal SNR (Lin et al. 2023) with v-prediction: at t = 999 no trace of the clip is left,
-    # so the layout and motion must come from the prompt (see README "Toy world").
+    # v-prediction: the loss weighs the clip's layout at high noise (where the prompt alone must
+    # decide it) 1/alpha_bar times more than epsilon-prediction does (README "Toy world").
+    v_prediction: bool = False
+    # Zero terminal SNR (Lin et al. 2023, implies v-prediction): at t = 999 no trace of the clip is left.
     zero_terminal_snr: bool = False
 
     @property
     def scheduler_config(self) -> dict:
-        if not self.zero_terminal_snr:
-            return SCHEDULER_CONFIG
-        return {**SCHEDULER_CONFIG, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction",
-                "timestep_spacing": "trailing"}
+        config = dict(SCHEDULER_CONFIG)
+        if self.v_prediction or self.zero_terminal_snr:
+            config["prediction_type"] = "v_prediction"
+        if self.zero_terminal_snr:
+            config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+        return config
 
 
 # ----------------------------------------------------------------------------- the pipeline folder
@@ -102,13 +106,13 @@ class PretrainSettings:
 
 def write_static_parts(out: Path, seed: int, scheduler_config: dict = SCHEDULER_CONFIG) -> None:
     """Tokenizer, frozen random text encoder, scheduler and model index (no training needed)."""
+    _write_json(out / "scheduler" / "scheduler_config.json", scheduler_config)
     if (out / "text_encoder" / "model.safetensors").is_file():
         return
     write_tokenizer(out / "tokenizer", WORDS)
     vocab = json.loads((out / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
     with torch.random.fork_rng(devices=[]):
         _save_text_encoder(out / "text_encoder", seed, len(vocab))
-    _write_json(out / "scheduler" / "scheduler_config.json", scheduler_config)
 
 
 def mark_complete(out: Path) -> None:
