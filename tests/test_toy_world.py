@@ -261,7 +261,7 @@ def test_compare_writes_scores_and_strip(tmp_path):
     assert json.loads((tmp_path / "out" / "scores.json").read_text()) == scores
     assert set(scores) == {"reference", "prompt", "base", "motiondirector"}
     assert scores["motiondirector"]["appearance_accuracy"] == 1.0 and scores["base"]["appearance_accuracy"] == 0.5
-    assert scores["motiondirector"]["motion_fidelity"] > 90 > 30 > scores["base"]["motion_fidelity"]
+    assert scores["motiondirector"]["motion_fidelity"] > 90 > 10 > scores["base"]["motion_fidelity"]
     assert scores["motiondirector"]["trajectory_distance_px"] < 1.0 < scores["base"]["trajectory_distance_px"]
     import imageio.v3 as iio
 
@@ -282,14 +282,3 @@ def test_pretraining_clips_start_near_the_centre():
     for spec in anywhere:
         (x0, x1), (y0, y1) = world.start_range(spec.motion)
         assert x0 <= spec.start[0] <= x1 and y0 <= spec.start[1] <= y1
-
-
-def test_background_brightens_over_the_clip():
-    """First frame BACKGROUND - RAMP, last + RAMP, linear between; the subject is drawn on top."""
-    from utils.toy_world.detector import background_color
-
-    video = world.render(world.centered_spec("circle", "red", "left"))
-    levels = [background_color(frame)[0] for frame in video]
-    assert levels[0] == 128 - world.BACKGROUND_RAMP and levels[-1] == 128 + world.BACKGROUND_RAMP
-    assert np.all(np.diff(levels) > 0)
-    assert tuple(video[0, 31, 43]) == world.COLORS["red"]  # the subject, drawn over the ramp

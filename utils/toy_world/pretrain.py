@@ -170,7 +170,7 @@ def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, gen: torch.Generator) 
     latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
     recon = vae.decode(latents).sample
     # the subject covers ~5% of a frame: weigh its pixels up, or the VAE first learns a grey frame
-    background = pixels[:, :, :1, :1]  # the frame's corner: the subject never reaches the border
+    background = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1) / 127.5 - 1.0
     subject = (pixels - background).abs().amax(dim=1, keepdim=True) > 0.1
     weight = 1.0 + (FOREGROUND_WEIGHT - 1.0) * subject.float()
     mse = torch.nn.functional.mse_loss(recon, pixels)

@@ -21,13 +21,7 @@ FRAMES = 8
 FPS = 8
 RADIUS = 11.0  # half the side of the subject's bounding box, in pixels (~3 latent cells wide)
 TRAVEL = 24.0  # how far a base motion moves the subject over the clip, in pixels
-BACKGROUND = (128, 128, 128)  # the middle frame's background; see BACKGROUND_RAMP
-# The background brightens over the clip, from BACKGROUND - RAMP (first frame) to + RAMP (last).
-# Denoising the background then needs the frame's place in the clip, which a UNet3D can only
-# learn through its temporal convs (its temporal attention is blind to frame order): with a plain
-# background the base model stayed ~97% time-reversal equivariant and could not tell "moving left"
-# from "moving right" (README "Toy world").
-BACKGROUND_RAMP = 32
+BACKGROUND = (128, 128, 128)
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
 BASE_MOTIONS = ("left", "right", "up", "down", "still")
@@ -127,18 +121,12 @@ def shape_mask(shape: str, center: tuple[float, float], half: tuple[float, float
     raise ValueError(f"unknown shape {shape!r}; use one of {SHAPES}")
 
 
-def background(frames: int = FRAMES) -> np.ndarray:
-    """(frames, 3) background colour of each frame: the ramp around BACKGROUND."""
-    ramp = BACKGROUND_RAMP * (2 * np.arange(frames) / max(frames - 1, 1) - 1)
-    return np.clip(np.asarray(BACKGROUND, np.float64)[None] + ramp[:, None], 0, 255).round()
-
-
 def render(spec: ClipSpec, frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
     """uint8 (frames, size, size, 3) of the clip (hard edges, no anti-aliasing)."""
     if spec.color not in COLORS:
         raise ValueError(f"unknown colour {spec.color!r}; use one of {sorted(COLORS)}")
     video = np.empty((frames, size, size, 3), np.uint8)
-    video[:] = background(frames)[:, None, None].astype(np.uint8)
+    video[:] = BACKGROUND
     for k, (cx, cy, radius) in enumerate(trajectory(spec, frames)):
         video[k][shape_mask(spec.shape, (cx, cy), (radius, radius), size)] = COLORS[spec.color]
     return video
