@@ -84,7 +84,8 @@ def nearest_color(rgb: np.ndarray) -> str:
 
 
 def read_clip(video: np.ndarray) -> Reading:
-    """Read a uint8 (F, H, W, 3) clip."""
+    """Read a uint8 (F, H, W, 3) clip (the clock band is ignored)."""
+    video = world.without_clock(video)
     track = np.full((len(video), 3), np.nan)
     colors, shapes = [], []
     for k, frame in enumerate(video):
