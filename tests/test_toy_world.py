@@ -140,6 +140,21 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
 
     probe = caption_reliance(tmp_path / "base", timesteps=(500,), combos=[("circle", "red", "left")] * 2)
     assert set(probe[500]) == {"motion", "color", "shape"} and all(r > 0 for r in probe[500].values())
+    # frame-order use: a fresh UNet3D's temporal convs start as the identity (zero last conv) and its
+    # temporal attention ignores order, so it treats a clip as a set of frames; random temporal
+    # convs make it order-dependent
+    from diffusers import UNet3DConditionModel
+
+    from utils.toy_world.evaluate import order_use
+
+    assert max(order_use(tmp_path / "base", timesteps=(500, 950)).values()) < 0.01
+    unet = UNet3DConditionModel.from_pretrained(tmp_path / "base" / "unet")
+    torch.manual_seed(0)
+    for module in unet.modules():
+        if module.__class__.__name__ == "TemporalConvLayer":
+            torch.nn.init.normal_(module.conv4[-1].weight, std=0.1)
+    unet.save_pretrained(tmp_path / "base" / "unet")
+    assert min(order_use(tmp_path / "base", timesteps=(500, 950)).values()) > 0.05
 
 
 def test_parse_caption_inverts_caption():

@@ -112,10 +112,10 @@ def _compare(args) -> None:
 def _probe(args) -> None:
     import json
 
-    from utils.toy_world.evaluate import caption_reliance
+    from utils.toy_world.evaluate import caption_reliance, order_use
 
     torch.set_num_threads(args.threads)
-    print(json.dumps(caption_reliance(args.model), indent=1))
+    print(json.dumps({"caption_reliance": caption_reliance(args.model), "order_use": order_use(args.model)}, indent=1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--caption", default=None, help="the caption to score every video against")
     score.set_defaults(run=_score)
 
-    probe = commands.add_parser("probe", help="loss ratio when the caption's motion/colour/shape word is swapped")
+    probe = commands.add_parser("probe", help="loss ratio when the caption's motion/colour/shape word is swapped; frame-order use")
     probe.add_argument("model", help="pipeline folder")
     probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     probe.set_defaults(run=_probe)

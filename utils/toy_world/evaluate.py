@@ -112,3 +112,35 @@ def caption_reliance(model_dir: str | Path, timesteps=(200, 500, 800), seed: int
             losses[part] = float(((pred - target) ** 2).mean())
         report[t] = {part: round(loss / losses["true"], 3) for part, loss in losses.items() if part != "true"}
     return report
+
+
+@torch.no_grad()
+def order_use(model_dir: str | Path, timesteps=(200, 500, 800, 950), seed: int = 0) -> dict:
+    """How much the UNet's prediction depends on frame order, per timestep.
+
+    ||f(R x) - R f(x)|| / ||f(x) - its mean over frames||, R = time reversal, on noised clips of
+    every base motion: 0 means the UNet treats the clip as an unordered set of frames (its
+    temporal attention alone is blind to order; only the temporal convs can see it).
+    """
+    from diffusers import DDPMScheduler
+
+    from models.pipeline import encode_prompts, encode_video, load_components
+
+    components = load_components(str(model_dir))
+    combos = [("circle", "red", m) for m in world.BASE_MOTIONS]
+    clips = np.stack([world.render(world.centered_spec(*c)) for c in combos])
+    pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    torch.manual_seed(seed)
+    latents = encode_video(components.vae, pixels)
+    context = encode_prompts(components.tokenizer, components.text_encoder, [world.caption(*c) for c in combos])
+    scheduler = DDPMScheduler.from_config(components.scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+    reverse = torch.arange(latents.shape[2] - 1, -1, -1)
+    report = {}
+    for t in timesteps:
+        noisy = scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), torch.tensor([t]))
+        out = components.unet(noisy, t, encoder_hidden_states=context).sample
+        out_reversed = components.unet(noisy[:, :, reverse], t, encoder_hidden_states=context).sample
+        spread = (out - out.mean(2, keepdim=True)).norm()
+        report[t] = round(float((out[:, :, reverse] - out_reversed).norm() / spread), 3)
+    return report
