@@ -427,10 +427,13 @@ class TrainBench:
     @contextmanager
     def _cloned_weights(self, adapter: str | None):
         """LoRA linears of `adapter` multiply by a clone of their weight, as the reference harness patched."""
-        modules = [] if adapter is None else [
-            m for layer in self.adapters.layers if adapter in layer.lora_A
-            for m in (layer.lora_A[adapter], layer.lora_B[adapter])
-        ]
+        from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+        layers = [] if adapter is None else [layer for layer in self.adapters.layers if adapter in layer.lora_A]
+        modules = [m for layer in layers for m in (layer.lora_A[adapter], layer.lora_B[adapter])]
+        lean = [(layer, layer.__class__) for layer in layers]
+        for layer, _ in lean:  # peft's own forward calls lora_A/lora_B, so their patched forward runs
+            layer.__class__ = PeftLoraLinear
         for m in modules:
             m.forward = partial(_cloned_linear, m)
         try:
@@ -438,6 +441,8 @@ class TrainBench:
         finally:
             for m in modules:
                 del m.forward
+            for layer, cls in lean:
+                layer.__class__ = cls
 
 
 def _cloned_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,8 @@ class LeanLoraLinear(PeftLoraLinear):
     peft's forward spends ~30 us of Python per call on cases we never use (per-sample adapter
     names, DoRA and other variants, merged weights) and three submodule calls; a tiny training
     step makes ~100 such calls. This path does the same ops in the same order, so the results
-    are bit-identical (tests); anything else takes peft's own forward.
+    are bit-identical (tests); anything else takes peft's own forward. It reads the weights of
+    lora_A/lora_B directly: code that patches their forward must put peft's class back first.
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
