@@ -296,7 +296,9 @@ def sample_video(components: Components, settings: GenerationSettings, seed: int
     return decode_video(components.vae, latents)
 
 
-def _inverted_for(seed: int, settings: GenerationSettings, prior: NoisePrior | None, components):
+def inverted_for(seed: int, settings: GenerationSettings, prior: NoisePrior | None, components):
+    """The inverted latents `seed` starts from (None without a noise prior): its draw among the
+    run's cached clips of the requested length."""
     if prior is None or settings.noise_prior <= 0:
         return None
     file = prior.pick(seed, settings.num_frames)
@@ -353,7 +355,7 @@ def generate_videos(components: Components, settings: GenerationSettings,
     written = []
     for i in my_share(len(seeds)):
         logger.info("video %d/%d: seed %d", i + 1, len(seeds), seeds[i])
-        inverted = _inverted_for(seeds[i], settings, prior, components)
+        inverted = inverted_for(seeds[i], settings, prior, components)
         frames = sample_video(components, settings, seeds[i], inverted, progress=show)
         written += write_outputs(frames, settings, seeds[i])
     return written

@@ -14,22 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.evaluation.inputs import read_video
 from utils.evaluation.motion_fidelity import motion_fidelity
 from utils.toy_world.evaluate import parse_caption
 from utils.toy_world.score import score_clip
 from utils.toy_world.world import without_clock
-from utils.video_io import read_frames, video_info
-
-
-def read_clip(path: str | Path) -> np.ndarray:
-    return read_frames(path, range(video_info(path).num_frames))
 
 
 def video_scores(video: str | Path, reference: np.ndarray, prompt: str) -> dict:
     """Motion fidelity (eval's score, percent, and the detector's trajectory distance to the
     prompt's motion) and appearance accuracy (share of colour and shape right) of one video."""
     shape, color, motion = parse_caption(prompt)
-    frames = read_clip(video)
+    frames = read_video(Path(video))
     score = score_clip(frames, shape, color, motion)
     return {
         "video": str(video),
@@ -56,7 +52,7 @@ def compare_videos(reference: str | Path, prompt: str, base_video: str | Path, m
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reference_frames = read_clip(reference)
+    reference_frames = read_video(Path(reference))
     scores = {
         "reference": str(reference),
         "prompt": prompt,
@@ -64,5 +60,5 @@ def compare_videos(reference: str | Path, prompt: str, base_video: str | Path, m
         "motiondirector": video_scores(md_video, reference_frames, prompt),
     }
     (out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n", encoding="utf8")
-    iio.imwrite(out / "strip.png", strip([reference_frames, read_clip(base_video), read_clip(md_video)]))
+    iio.imwrite(out / "strip.png", strip([reference_frames, read_video(Path(base_video)), read_video(Path(md_video))]))
     return scores

@@ -77,6 +77,22 @@ SWAPS = {
 }
 
 
+def _noised_world_clips(model_dir: str | Path, combos, seed: int):
+    """(components, clean latents of the centred clips of `combos`, a DDPM scheduler of the
+    model's schedule, a seeded generator for the noise): what both probes start from."""
+    from diffusers import DDPMScheduler
+
+    from models.pipeline import encode_video, load_components
+
+    components = load_components(str(model_dir))
+    clips = np.stack([world.render(world.centered_spec(*c)) for c in combos])
+    pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    torch.manual_seed(seed)
+    latents = encode_video(components.vae, pixels)
+    scheduler = DDPMScheduler.from_config(components.scheduler.config)
+    return components, latents, scheduler, torch.Generator().manual_seed(seed)
+
+
 @torch.no_grad()
 def caption_reliance(model_dir: str | Path, timesteps=(200, 500, 800), seed: int = 0, combos=None) -> dict:
     """How much the UNet's noise prediction uses each part of the caption.
@@ -85,30 +101,22 @@ def caption_reliance(model_dir: str | Path, timesteps=(200, 500, 800), seed: int
     the loss when the motion, colour or shape word is swapped for another: a part the model
     ignores leaves the loss unchanged (ratio 1.0).
     """
-    from diffusers import DDPMScheduler
+    from models.pipeline import encode_prompts
+    from utils.train_step import diffusion_target
 
-    from models.pipeline import encode_prompts, encode_video, load_components
-
-    components = load_components(str(model_dir))
     combos = combos or world.all_combinations(world.BASE_MOTIONS)
-    clips = np.stack([world.render(world.centered_spec(*c)) for c in combos])
-    pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    torch.manual_seed(seed)
-    latents = encode_video(components.vae, pixels)
-    scheduler = DDPMScheduler.from_config(components.scheduler.config)
-    generator = torch.Generator().manual_seed(seed)
+    components, latents, scheduler, generator = _noised_world_clips(model_dir, combos, seed)
     report = {}
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
         steps = torch.full((len(latents),), t)
         noisy = scheduler.add_noise(latents, noise, steps)
+        target = diffusion_target(scheduler, latents, noise, steps)
         losses = {}
         for part, swap in [("true", None), *SWAPS.items()]:
             prompts = [world.caption(*(swap(*c) if swap else c)) for c in combos]
             context = encode_prompts(components.tokenizer, components.text_encoder, prompts)
             pred = components.unet(noisy, steps, encoder_hidden_states=context).sample
-            target = scheduler.get_velocity(latents, noise, steps) \
-                if scheduler.config.prediction_type == "v_prediction" else noise
             losses[part] = float(((pred - target) ** 2).mean())
         report[t] = {part: round(loss / losses["true"], 3) for part, loss in losses.items() if part != "true"}
     return report
@@ -122,19 +130,11 @@ def order_use(model_dir: str | Path, timesteps=(200, 500, 800, 950), seed: int =
     every base motion: 0 means the UNet treats the clip as an unordered set of frames (its
     temporal attention alone is blind to order; only the temporal convs can see it).
     """
-    from diffusers import DDPMScheduler
+    from models.pipeline import encode_prompts
 
-    from models.pipeline import encode_prompts, encode_video, load_components
-
-    components = load_components(str(model_dir))
     combos = [("circle", "red", m) for m in world.BASE_MOTIONS]
-    clips = np.stack([world.render(world.centered_spec(*c)) for c in combos])
-    pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    torch.manual_seed(seed)
-    latents = encode_video(components.vae, pixels)
+    components, latents, scheduler, generator = _noised_world_clips(model_dir, combos, seed)
     context = encode_prompts(components.tokenizer, components.text_encoder, [world.caption(*c) for c in combos])
-    scheduler = DDPMScheduler.from_config(components.scheduler.config)
-    generator = torch.Generator().manual_seed(seed)
     reverse = torch.arange(latents.shape[2] - 1, -1, -1)
     report = {}
     for t in timesteps:

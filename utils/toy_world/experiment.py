@@ -40,7 +40,7 @@ VARIANTS = {
     "no_debias": ("appearance_debiased_loss=False",),
 }
 NOISE_PRIORS = (0.3, 0.5)  # sampled for MotionDirector on a single clip
-ROW_ORDER = ["base", "motiondirector", "coupled", "no_debias"] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
+ROW_ORDER = ["base", *VARIANTS] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def sample_subjects(base: Path, run: Path | None, motion: str, subjects, samplin
     """((shape, colour), seed, clip) of every subject doing `motion`, with the run's temporal LoRA
     (and its noise prior) or the bare base; and the sampling seconds."""
     from models.lora import TEMPORAL
-    from utils.generate import GenerationSettings, LoraRequest, NoisePrior, _inverted_for, prepare_model, sample_video
+    from utils.generate import GenerationSettings, LoraRequest, NoisePrior, inverted_for, prepare_model, sample_video
 
     loras = [LoraRequest(run / "temporal" / "lora", TEMPORAL, 1.0)] if run is not None else []
     components = prepare_model(str(base), loras, "cpu", torch.float32)
@@ -125,7 +125,7 @@ def sample_subjects(base: Path, run: Path | None, motion: str, subjects, samplin
                                       height=world.SIZE, num_frames=world.FRAMES, num_steps=sampling.num_steps,
                                       guidance_scale=sampling.guidance_scale, noise_prior=noise_prior)
         for seed in sampling.seeds:
-            inverted = _inverted_for(seed, settings, prior, components)
+            inverted = inverted_for(seed, settings, prior, components)
             clips.append(((shape, color), seed, sample_video(components, settings, seed, inverted)[0].numpy()))
     return clips, time.time() - started
 
@@ -136,11 +136,12 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
 
     scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
     distances = np.array([s.trajectory_distance for s in scores])
+    reference_frames = world.without_clock(reference_frames)
     return {
         "row": name,
         "trajectory_distance": float(distances.mean()),
         "motion_hit_rate": float((distances < CLOSE_ENOUGH).mean()),
-        "motion_fidelity": float(np.mean([motion_fidelity(world.without_clock(clip), world.without_clock(reference_frames))
+        "motion_fidelity": float(np.mean([motion_fidelity(world.without_clock(clip), reference_frames)
                                           for _, _, clip in clips])),
         "appearance_accuracy": float(np.mean([s.color_ok and s.shape_ok for s in scores])),
         "leakage": float(np.mean([leaked(s, subject, references) for s, (subject, _, _) in zip(scores, clips)])),
@@ -158,13 +159,12 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTI
     Each row dict carries motion, mode, seed (None for the base), the scores and, when
     `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable).
     """
-    from utils.video_io import read_frames, video_info
+    from utils.evaluation.inputs import read_video
 
     base, out_dir = Path(base).resolve(), Path(out_dir).resolve()
     rows = []
     for motion in motions:
-        reference_path = reference_clip(motion)
-        reference_frames = read_frames(reference_path, range(video_info(reference_path).num_frames))
+        reference_frames = read_video(reference_clip(motion))
         for mode in modes:
             references = reference_subjects(motion, mode)
             subjects = new_subjects(references, sampling.subjects)
@@ -232,9 +232,10 @@ def frame_strips(rows: list[dict], motion: str, names=("base", "motiondirector",
                  scale: int = 2) -> np.ndarray:
     """uint8 picture: the reference clip's frames on top, then for each row name the first sample
     (same subject and seed) of the first training seed; one frame per column."""
-    from utils.toy_world.compare import read_clip, strip
+    from utils.evaluation.inputs import read_video
+    from utils.toy_world.compare import strip
 
-    clips = [read_clip(reference_clip(motion))]
+    clips = [read_video(reference_clip(motion))]
     for name in names:
         row = next((r for r in rows if r["row"] == name and r["motion"] == motion and r["mode"] == mode), None)
         if row is not None and row.get("samples"):

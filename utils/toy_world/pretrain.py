@@ -32,6 +32,7 @@ from utils.tiny_model import (
     write_tokenizer,
 )
 from utils.toy_world import world
+from utils.train_step import diffusion_target
 
 logger = logging.getLogger(__name__)
 
@@ -268,9 +269,7 @@ def unet_loss(unet, scheduler, latents, context, gen: torch.Generator) -> torch.
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
-    if scheduler.config.prediction_type == "v_prediction":
-        return torch.nn.functional.mse_loss(pred, scheduler.get_velocity(latents, noise, timesteps))
-    return torch.nn.functional.mse_loss(pred, noise)
+    return torch.nn.functional.mse_loss(pred, diffusion_target(scheduler, latents, noise, timesteps))
 
 
 def unet_batch(data: dict, embeddings: torch.Tensor, settings: PretrainSettings, gen: torch.Generator):
