@@ -12,9 +12,10 @@ import logging
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from diffusers import UNet3DConditionModel
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import (
     TransformerTemporalModel,
@@ -95,6 +96,35 @@ class LeanAttention(Attention):
                               attention_mask=attention_mask)
 
 
+class LeanSdpaProcessor(AttnProcessor2_0):
+    """diffusers' SDPA processor, minus three no-ops per call in the plain case the UNet3D runs.
+
+    The stock processor divides the output by `rescale_output_factor` (1.0: one more op and
+    autograd node, forward and backward), casts it to the dtype it has and calls the p = 0
+    output dropout module. Skipping them leaves every value bit-identical (tested); anything
+    else (masks, norms, 4-D input, residuals, a real rescale or dropout) takes the stock path.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        out_proj, out_dropout = attn.to_out
+        if (args or kwargs or attention_mask is not None or hidden_states.ndim != 3 or not _is_plain(attn)
+                or (encoder_hidden_states is not None and attn.norm_cross) or out_dropout.p):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, heads = context.shape[0], attn.heads
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        head_dim = key.shape[-1] // heads
+        query, key, value = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
+        hidden = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+        return out_proj(hidden.transpose(1, 2).reshape(batch, -1, heads * head_dim))
+
+
+def _is_plain(attn: Attention) -> bool:
+    return (attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None and attn.norm_k is None
+            and not attn.residual_connection and attn.rescale_output_factor == 1.0)
+
+
 def lean_attention(unet: torch.nn.Module) -> torch.nn.Module:
     """Make every stock Attention a LeanAttention (in place; same weights, keys and processors)."""
     for module in unet.modules():
@@ -167,14 +197,12 @@ def _checkpointed_forward(module: torch.nn.Module, *args, **kwargs):
 
 
 def set_attention_backend(unet: UNet3DConditionModel, xformers: bool = False) -> str:
-    """Use xformers when asked and importable, else PyTorch SDPA (the diffusers default)."""
+    """Use xformers when asked and importable, else PyTorch SDPA (the diffusers default, leaner)."""
     if xformers:
         try:
             unet.enable_xformers_memory_efficient_attention()
             return "xformers"
         except Exception as err:  # xformers missing or no CUDA: SDPA is as fast on torch 2
             logger.warning("xformers unavailable (%s); using PyTorch SDPA attention", err)
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    unet.set_attn_processor(AttnProcessor2_0())
+    unet.set_attn_processor(LeanSdpaProcessor())
     return "sdpa"

@@ -125,3 +125,41 @@ def test_lean_lora_linear_falls_back_to_peft_when_merged(tiny_model_dir):
     layer.merge()
     assert layer.merged and torch.allclose(layer(x), unmerged, atol=1e-6)
     assert torch.allclose(layer.get_base_layer()(x), unmerged, atol=1e-6)  # the merged base carries the LoRA
+
+
+def test_lean_sdpa_processor_gives_the_stock_outputs_and_gradients(tiny_model_dir):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from models.unet import LeanSdpaProcessor, set_attention_backend
+
+    unets = [load_unet(str(tiny_model_dir)) for _ in range(2)]
+    assert set_attention_backend(unets[0]) == "sdpa"
+    assert all(type(p) is LeanSdpaProcessor for p in unets[0].attn_processors.values())
+    unets[1].set_attn_processor(AttnProcessor2_0())
+    torch.manual_seed(0)
+    sample = torch.randn(1, 4, 3, 8, 8)
+    context = torch.randn(1, 5, unets[0].config.cross_attention_dim)
+    results = []
+    for unet in unets:
+        unet.train().requires_grad_(True)
+        torch.manual_seed(1)  # the same dropout masks in the temporal convs
+        out = unet(sample, 10, encoder_hidden_states=context).sample
+        out.square().mean().backward()
+        results.append([out.detach()] + [p.grad for p in unet.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_lean_sdpa_processor_takes_the_stock_path_outside_the_plain_case(tiny_model_dir):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from models.unet import LeanSdpaProcessor
+
+    attention = next(m for m in load_unet(str(tiny_model_dir)).modules() if isinstance(m, Attention))
+    hidden = torch.randn(2, 16, attention.query_dim)
+    lean, stock = LeanSdpaProcessor(), AttnProcessor2_0()
+    plain = lean(attention, hidden)
+    attention.rescale_output_factor = 2.0  # the stock path divides; the lean one must not skip that
+    assert torch.allclose(lean(attention, hidden), plain / 2.0) and torch.equal(lean(attention, hidden),
+                                                                                stock(attention, hidden))
+    attention.rescale_output_factor, attention.residual_connection = 1.0, True
+    assert torch.equal(lean(attention, hidden), plain + hidden)
