@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -164,11 +165,21 @@ def test_missing_inversion_is_computed_once_and_written_back(tiny_components, tm
     assert torch.equal(NoisePrior([file]).inverted(file, tiny_components), inverted)
 
 
-def test_seeds_names_and_process_shares(tmp_path):
+def test_seeds_names_and_process_shares(tmp_path, monkeypatch):
+    import utils.generate
+
     assert repeat_seeds(7, 3) == [7, 8, 9]
     assert all(100 <= s <= 10_000_000 for s in repeat_seeds(None, 5))
     shares = [share_of(5, rank, 2) for rank in range(2)]
     assert shares == [[0, 2, 4], [1, 3]]
+    # prompts x seeds are dealt out as pairs: three prompts with one seed keep two processes busy
+    from utils.generate import my_jobs
+
+    for rank, expected in ((0, {0: [0], 2: [0]}), (1, {1: [0]})):
+        monkeypatch.setattr(utils.generate, "process_state", lambda r=rank: SimpleNamespace(process_index=r, num_processes=2))
+        assert my_jobs(3, 1) == expected
+    monkeypatch.setattr(utils.generate, "process_state", lambda: SimpleNamespace(process_index=1, num_processes=2))
+    assert my_jobs(2, 3) == {0: [1], 1: [0, 2]}  # pairs (0,0) (0,1) (0,2) (1,0) (1,1) (1,2): odd ones
     assert output_stem("A tank, in the desert.") == "A_tank_in_the_desert"
     assert output_stem("a/b") == "a_b"
     (tmp_path / "x_1.mp4").write_bytes(b"")

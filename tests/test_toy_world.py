@@ -307,3 +307,33 @@ def test_the_clock_bar_grows_and_the_detector_ignores_it():
     cleared = world.without_clock(video)
     assert (cleared[:, : world.CLOCK_ROWS + 1] == world.BACKGROUND).all()
     assert np.array_equal(cleared[:, world.CLOCK_ROWS + 1:], video[:, world.CLOCK_ROWS + 1:])
+
+
+def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
+    from diffusers import DDPMScheduler, UNet3DConditionModel
+
+    from utils.toy_world.binding import binding, encode_clips, swap_ratio, word_specs
+    from utils.toy_world.pretrain import UNET_CONFIG, PretrainSettings, pretrain
+
+    base = tmp_path / "base"
+    assert pretrain(base, PretrainSettings(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2,
+                                           clips_per_combination=1, checkpoint_every=1))
+    specs = word_specs("motion")
+    assert [s.motion for s in specs] == ["left", "right", "up", "down"] and len({(s.shape, s.color) for s in specs}) == 1
+    latents, context = encode_clips(base, specs)
+    assert latents.shape == (4, 4, 8, 8, 8) and context.shape[0] == 4
+    scheduler = DDPMScheduler.from_pretrained(base / "scheduler")
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(**UNET_CONFIG).eval()
+    for module in unet.modules():  # large cross-attention outputs: the text visibly moves the prediction
+        if getattr(module, "is_cross_attention", False):
+            torch.nn.init.normal_(module.to_out[0].weight, std=0.5)
+    assert swap_ratio(unet, scheduler, latents, context, 950, repeats=2) != 1.0
+    # the same caption for every clip, or a UNet whose cross-attention values are zero: exactly 1
+    assert swap_ratio(unet, scheduler, latents, context[:1].expand_as(context), 950, repeats=2) == 1.0
+    for module in unet.modules():
+        if getattr(module, "is_cross_attention", False):
+            torch.nn.init.zeros_(module.to_v.weight)
+    assert swap_ratio(unet, scheduler, latents, context, 950, repeats=2) == 1.0
+    history = binding(base, "color", steps=2, every=1)
+    assert [h["step"] for h in history] == [1, 2] and set(history[0]["swap_ratio"]) == {950, 800, 600}

@@ -200,6 +200,17 @@ def my_share(count: int) -> list[int]:
     return share_of(count, state.process_index, state.num_processes)
 
 
+def my_jobs(num_prompts: int, num_seeds: int) -> dict[int, list[int]]:
+    """{prompt index: seed indices} this process generates: the prompt x seed pairs are dealt out
+    in turn, so several prompts with one seed still keep every process busy."""
+    pairs = [(p, i) for p in range(num_prompts) for i in range(num_seeds)]
+    jobs: dict[int, list[int]] = {}
+    for k in my_share(len(pairs)):
+        prompt, seed = pairs[k]
+        jobs.setdefault(prompt, []).append(seed)
+    return jobs
+
+
 # ----------------------------------------------------------------------------- noise prior
 
 
@@ -348,12 +359,14 @@ def write_outputs(frames: torch.Tensor, settings: GenerationSettings, seed: int)
 
 
 def generate_videos(components: Components, settings: GenerationSettings,
-                    prior: NoisePrior | None = None, seeds: list[int] | None = None) -> list[Path]:
-    """Sample and write this process's share of the `repeat_num` videos; returns the files."""
+                    prior: NoisePrior | None = None, seeds: list[int] | None = None,
+                    indices: list[int] | None = None) -> list[Path]:
+    """Sample and write the videos of `indices` into `seeds` (default: this process's share of the
+    `repeat_num` videos); returns the files."""
     seeds = seeds if seeds is not None else repeat_seeds(settings.seed, settings.repeat_num)
     show = process_state().is_local_main_process
     written = []
-    for i in my_share(len(seeds)):
+    for i in indices if indices is not None else my_share(len(seeds)):
         logger.info("video %d/%d: seed %d", i + 1, len(seeds), seeds[i])
         inverted = inverted_for(seeds[i], settings, prior, components)
         frames = sample_video(components, settings, seeds[i], inverted, progress=show)
@@ -369,8 +382,8 @@ def checked_noise_prior(settings: GenerationSettings, seeds: list[int], cache_di
     if cache_dir is None:
         raise UserError(f"a noise prior > 0 needs the training run's cached_latents/; {how_to_fix}")
     prior = NoisePrior.from_folder(cache_dir, how_to_fix)
-    for i in my_share(len(seeds)):  # a frame-count mismatch fails now, not after loading
-        prior.pick(seeds[i], settings.num_frames)
+    for seed in seeds:  # a frame-count mismatch fails now, not after loading
+        prior.pick(seed, settings.num_frames)
     return prior
 
 
@@ -382,13 +395,16 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
     `prompts` (default: settings.prompt alone) are each generated with the same seeds.
     """
     check_settings(settings)
+    prompts = prompts or [settings.prompt]
     seeds = repeat_seeds(settings.seed, settings.repeat_num)
-    if not my_share(len(seeds)):  # more processes than videos: nothing for this one to do
+    jobs = my_jobs(len(prompts), len(seeds))
+    if not jobs:  # more processes than videos: nothing for this one to do
         return []
-    prior = checked_noise_prior(settings, seeds, cache_dir, how_to_fix)
+    mine = sorted({i for indices in jobs.values() for i in indices})
+    prior = checked_noise_prior(settings, [seeds[i] for i in mine], cache_dir, how_to_fix)
     device, dtype = device_and_dtype(device)
     components = prepare_model(model, loras, device, dtype, xformers)
     written = []
-    for prompt in prompts or [settings.prompt]:
-        written += generate_videos(components, replace(settings, prompt=prompt), prior, seeds)
+    for p, indices in jobs.items():
+        written += generate_videos(components, replace(settings, prompt=prompts[p]), prior, seeds, indices)
     return written

@@ -1,4 +1,4 @@
-"""python -m utils.toy_world {make-data,pretrain,sample,score} ...: see --help of each command."""
+"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,binding,compare,experiment} ...: see --help of each command."""
 
 from __future__ import annotations
 
@@ -118,6 +118,16 @@ def _probe(args) -> None:
     print(json.dumps({"caption_reliance": caption_reliance(args.model), "order_use": order_use(args.model)}, indent=1))
 
 
+def _binding(args) -> None:
+    import json
+
+    from utils.toy_world.binding import binding
+
+    torch.set_num_threads(args.threads)
+    history = binding(args.model, args.word, args.steps, args.every, seed=args.seed)
+    print(json.dumps(history, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from utils.toy_world.experiment import MODES, VARIANTS
     from utils.toy_world.world import NEW_MOTIONS
@@ -170,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("model", help="pipeline folder")
     probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     probe.set_defaults(run=_probe)
+
+    bind = commands.add_parser("binding", help="how fast a fresh UNet learns to use one caption word (swap ratio)")
+    bind.add_argument("model", help="pipeline folder (its VAE, text encoder and scheduler are used)")
+    bind.add_argument("--word", default="motion", choices=["motion", "color", "shape"], help="the word that varies")
+    bind.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
+    bind.add_argument("--every", type=int, default=100, help="probe every this many steps (default 100)")
+    bind.add_argument("--seed", type=int, default=0, help="seed of the fresh UNet (default 0)")
+    bind.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    bind.set_defaults(run=_binding)
 
     cmp = commands.add_parser("compare", help="score a base and a MotionDirector video against the reference clip")
     cmp.add_argument("reference", help="the reference clip (mp4)")
