@@ -122,8 +122,9 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     from utils.toy_world.pretrain import PretrainSettings, pretrain
 
     settings = PretrainSettings(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2,
-                                clips_per_combination=1, checkpoint_every=1)
+                                clips_per_combination=1, checkpoint_every=1, direction_steps=1)
     assert pretrain(tmp_path / "base", settings)
+    assert torch.load(tmp_path / "base" / "checkpoints" / "unet.pt", weights_only=False)["step"] == 2
     components = load_components(str(tmp_path / "base"))
     ids = components.tokenizer("a red circle moving left").input_ids
     assert len(ids) == 2 + 5  # every caption word is one token
@@ -337,3 +338,17 @@ def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
     assert swap_ratio(unet, scheduler, latents, context, 950, repeats=2) == 1.0
     history = binding(base, "color", steps=2, every=1)
     assert [h["step"] for h in history] == [1, 2] and set(history[0]["swap_ratio"]) == {950, 800, 600}
+
+
+def test_direction_stage_draws_moving_clips_only():
+    from utils.toy_world.pretrain import PretrainSettings, moving_clips, unet_batch
+
+    captions = [world.caption("circle", "red", m) for m in ("left", "still", "up")]
+    data = {"captions": captions, "caption_index": torch.tensor([0, 1, 2, 1, 0]),
+            "latents": torch.arange(5.0).view(5, 1)}
+    pool = moving_clips(data)
+    assert pool.tolist() == [0, 2, 4]
+    embeddings = torch.arange(4.0).view(4, 1)  # 3 captions + the empty prompt
+    settings = PretrainSettings(unet_batch=64, uncond_prob=0.0)
+    latents, context = unet_batch(data, embeddings, settings, torch.Generator().manual_seed(0), pool)
+    assert set(latents.flatten().tolist()) == {0.0, 2.0, 4.0} and 1.0 not in context.flatten().tolist()

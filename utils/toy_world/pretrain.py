@@ -91,6 +91,15 @@ class PretrainSettings:
     v_prediction: bool = False
     # Zero terminal SNR (Lin et al. 2023, implies v-prediction): at t = 999 no trace of the clip is left.
     zero_terminal_snr: bool = False
+    # Direction stage (experimental), after the UNet steps: moving clips only, t >= direction_min_t,
+    # the LR's cosine restarted. Binding a direction word is a saddle (README "Toy world",
+    # `binding`); 1500 such steps did not get past it and unlearned stillness (measured there).
+    direction_steps: int = 0
+    direction_min_t: int = 500
+
+    @property
+    def total_unet_steps(self) -> int:
+        return self.unet_steps + self.direction_steps
 
     @property
     def scheduler_config(self) -> dict:
@@ -264,16 +273,21 @@ def caption_embeddings(out: Path, captions: list[str]) -> torch.Tensor:
     return encode_prompts(tokenizer, text_encoder, list(captions) + [""])
 
 
-def unet_loss(unet, scheduler, latents, context, gen: torch.Generator) -> torch.Tensor:
+def unet_loss(unet, scheduler, latents, context, gen: torch.Generator, min_t: int = 0) -> torch.Tensor:
     noise = torch.randn(latents.shape, generator=gen)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    timesteps = torch.randint(min_t, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
     return torch.nn.functional.mse_loss(pred, diffusion_target(scheduler, latents, noise, timesteps))
 
 
-def unet_batch(data: dict, embeddings: torch.Tensor, settings: PretrainSettings, gen: torch.Generator):
-    index = torch.randint(0, len(data["latents"]), (settings.unet_batch,), generator=gen)
+def unet_batch(data: dict, embeddings: torch.Tensor, settings: PretrainSettings, gen: torch.Generator,
+               pool: torch.Tensor | None = None):
+    """A batch of latents and caption states: any clip, or one of the clip indices in `pool`."""
+    if pool is None:
+        index = torch.randint(0, len(data["latents"]), (settings.unet_batch,), generator=gen)
+    else:
+        index = pool[torch.randint(0, len(pool), (settings.unet_batch,), generator=gen)]
     caption = data["caption_index"][index]
     dropped = torch.rand(settings.unet_batch, generator=gen) < settings.uncond_prob
     caption = torch.where(dropped, torch.full_like(caption, len(embeddings) - 1), caption)
@@ -314,13 +328,18 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
         save_unet(out, unet, ema)
         mark_complete(out)
 
-    while step < settings.unet_steps and time.time() < deadline:
+    moving = moving_clips(data)
+    total = settings.total_unet_steps
+    while step < total and time.time() < deadline:
         gen = step_generator(settings.seed, "unet", step)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
+        direction_stage = step >= settings.unet_steps
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps)
-        latents, context = unet_batch(data, embeddings, settings, gen)
-        loss = unet_loss(unet, scheduler, latents, context, gen)
+            group["lr"] = (learning_rate(step - settings.unet_steps, settings.unet_lr, 0, settings.direction_steps)
+                           if direction_stage else
+                           learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps))
+        latents, context = unet_batch(data, embeddings, settings, gen, moving if direction_stage else None)
+        loss = unet_loss(unet, scheduler, latents, context, gen, settings.direction_min_t if direction_stage else 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -335,12 +354,19 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
                 else:
                     ema[name].copy_(value)
         recent.append(loss.item())
-        if step % settings.checkpoint_every == 0 or step == settings.unet_steps:
-            logger.info("unet step %d/%d  loss %.4f  (%.2f s/step)", step, settings.unet_steps,
+        if step % settings.checkpoint_every == 0 or step in (settings.unet_steps, total):
+            logger.info("unet step %d/%d  loss %.4f  (%.2f s/step)", step, total,
                         float(np.mean(recent[-settings.checkpoint_every:])), (time.time() - started) / len(recent))
             checkpoint()
     checkpoint()
-    return step >= settings.unet_steps
+    return step >= total
+
+
+def moving_clips(data: dict) -> torch.Tensor:
+    """Indices of the clips whose caption names a direction (not "standing still")."""
+    still = world.MOTION_PHRASES["still"]
+    moving = [c for c, caption in enumerate(data["captions"]) if not caption.endswith(still)]
+    return torch.nonzero(torch.isin(data["caption_index"], torch.tensor(moving))).flatten()
 
 
 def pretrain(out_dir: str | Path, settings: PretrainSettings) -> bool:
