@@ -122,9 +122,8 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     from utils.toy_world.pretrain import PretrainSettings, pretrain
 
     settings = PretrainSettings(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2,
-                                clips_per_combination=1, checkpoint_every=1, direction_steps=1)
+                                clips_per_combination=1, checkpoint_every=1)
     assert pretrain(tmp_path / "base", settings)
-    assert torch.load(tmp_path / "base" / "checkpoints" / "unet.pt", weights_only=False)["step"] == 2
     components = load_components(str(tmp_path / "base"))
     ids = components.tokenizer("a red circle moving left").input_ids
     assert len(ids) == 2 + 5  # every caption word is one token
@@ -156,6 +155,11 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
             torch.nn.init.normal_(module.conv4[-1].weight, std=0.1)
     unet.save_pretrained(tmp_path / "base" / "unet")
     assert min(order_use(tmp_path / "base", timesteps=(500, 950)).values()) > 0.05
+    # the direction stage resumes after the main steps
+    from dataclasses import replace
+
+    assert pretrain(tmp_path / "base", replace(settings, direction_steps=1))
+    assert torch.load(tmp_path / "base" / "checkpoints" / "unet.pt", weights_only=False)["step"] == 2
 
 
 def test_parse_caption_inverts_caption():
