@@ -145,6 +145,13 @@ def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def unet_learning_rate(step: int, settings: PretrainSettings) -> float:
+    """The main stage's warm-up and cosine; the direction stage restarts the cosine, no warm-up."""
+    if step < settings.unet_steps:
+        return learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps)
+    return learning_rate(step - settings.unet_steps, settings.unet_lr, 0, settings.direction_steps)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -335,9 +342,7 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
         direction_stage = step >= settings.unet_steps
         for group in optimizer.param_groups:
-            group["lr"] = (learning_rate(step - settings.unet_steps, settings.unet_lr, 0, settings.direction_steps)
-                           if direction_stage else
-                           learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps))
+            group["lr"] = unet_learning_rate(step, settings)
         latents, context = unet_batch(data, embeddings, settings, gen, moving if direction_stage else None)
         loss = unet_loss(unet, scheduler, latents, context, gen, settings.direction_min_t if direction_stage else 0)
         optimizer.zero_grad(set_to_none=True)
