@@ -77,7 +77,7 @@ def encode_clips(model_dir: Path, specs: list[world.ClipSpec]) -> tuple[torch.Te
 
 
 def binding(model_dir: str | Path, word: str = "motion", steps: int = 400, every: int = 100,
-            lr: float = 1e-3, seed: int = 0) -> list[dict]:
+            lr: float = 1e-3, seed: int = 0, repeats: int = 8) -> list[dict]:
     """Train a fresh UNet on the clips of `word_specs(word)`; the swap ratios every `every` steps."""
     from diffusers import DDPMScheduler, UNet3DConditionModel
 
@@ -100,7 +100,7 @@ def binding(model_dir: str | Path, word: str = "motion", steps: int = 400, every
         optimizer.step()
         if step % every == 0 or step == steps:
             unet.eval()
-            ratios = {t: round(swap_ratio(unet, scheduler, latents, context, t), 4) for t in PROBE_TIMESTEPS}
+            ratios = {t: round(swap_ratio(unet, scheduler, latents, context, t, repeats), 4) for t in PROBE_TIMESTEPS}
             unet.train()
             history.append({"step": step, "loss": round(loss.item(), 4), "swap_ratio": ratios,
                             "seconds": round(time.time() - started, 1)})
