@@ -18,7 +18,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from utils.toy_world import world
@@ -65,15 +64,10 @@ def encode_clips(model_dir: Path, specs: list[world.ClipSpec]) -> tuple[torch.Te
     """Scaled VAE latents (N, 4, F, h, w) of the clips and their caption states (N, 77, D)."""
     from diffusers import AutoencoderKL
 
-    from utils.toy_world.pretrain import caption_embeddings
+    from utils.toy_world.pretrain import caption_embeddings, clip_latents
 
     vae = AutoencoderKL.from_pretrained(model_dir / "vae").eval()
-    clips = np.stack([world.render(s) for s in specs])
-    pixels = torch.from_numpy(clips).flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-    latents = latents.unflatten(0, (len(specs), world.FRAMES)).permute(0, 2, 1, 3, 4)
-    return latents, caption_embeddings(model_dir, [s.caption for s in specs])[: len(specs)]
+    return clip_latents(vae, specs), caption_embeddings(model_dir, [s.caption for s in specs])[: len(specs)]
 
 
 def binding(model_dir: str | Path, word: str = "motion", steps: int = 400, every: int = 100,

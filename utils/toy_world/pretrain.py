@@ -256,18 +256,21 @@ def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
     vae = AutoencoderKL.from_pretrained(out / "vae").eval()
     specs = world.sample_specs(settings.clips_per_combination, settings.seed + 1, spread=settings.start_spread)
     captions = sorted({s.caption for s in specs})
-    latents = []
-    with torch.no_grad():
-        for chunk in range(0, len(specs), 16):
-            clips = np.stack([world.render(s) for s in specs[chunk:chunk + 16]])  # (B, F, H, W, 3)
-            pixels = torch.from_numpy(clips).flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1
-            mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-            latents.append(mean.unflatten(0, (-1, world.FRAMES)).permute(0, 2, 1, 3, 4))
+    latents = [clip_latents(vae, specs[chunk:chunk + 16]) for chunk in range(0, len(specs), 16)]
     data = {"latents": torch.cat(latents), "captions": captions,
             "caption_index": torch.tensor([captions.index(s.caption) for s in specs])}
     save_checkpoint(cache, data)
     logger.info("encoded %d pretraining clips (%d captions)", len(specs), len(captions))
     return data
+
+
+@torch.no_grad()
+def clip_latents(vae, specs: list[world.ClipSpec]) -> torch.Tensor:
+    """Scaled VAE latent means (N, 4, F, h, w) of the rendered clips of `specs`."""
+    clips = np.stack([world.render(s) for s in specs])  # (N, F, H, W, 3)
+    pixels = torch.from_numpy(clips).flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1
+    mean = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return mean.unflatten(0, (len(specs), world.FRAMES)).permute(0, 2, 1, 3, 4)
 
 
 def caption_embeddings(out: Path, captions: list[str]) -> torch.Tensor:
