@@ -107,9 +107,8 @@ class LeanSdpaProcessor(AttnProcessor2_0):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        out_proj, out_dropout = attn.to_out
         if (args or kwargs or attention_mask is not None or hidden_states.ndim != 3 or not _is_plain(attn)
-                or (encoder_hidden_states is not None and attn.norm_cross) or out_dropout.p):
+                or (encoder_hidden_states is not None and attn.norm_cross)):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         batch, heads = context.shape[0], attn.heads
@@ -117,12 +116,14 @@ class LeanSdpaProcessor(AttnProcessor2_0):
         head_dim = key.shape[-1] // heads
         query, key, value = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in (query, key, value))
         hidden = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
-        return out_proj(hidden.transpose(1, 2).reshape(batch, -1, heads * head_dim))
+        return attn.to_out[0](hidden.transpose(1, 2).reshape(batch, -1, heads * head_dim))
 
 
 def _is_plain(attn: Attention) -> bool:
+    """No norms, residual or rescale, and an output projection followed by a p = 0 dropout."""
     return (attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None and attn.norm_k is None
-            and not attn.residual_connection and attn.rescale_output_factor == 1.0)
+            and not attn.residual_connection and attn.rescale_output_factor == 1.0
+            and len(attn.to_out) == 2 and not attn.to_out[1].p)
 
 
 def lean_attention(unet: torch.nn.Module) -> torch.nn.Module:
