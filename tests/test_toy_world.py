@@ -121,7 +121,7 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     from models.pipeline import load_components
     from utils.toy_world.pretrain import PretrainSettings, pretrain
 
-    settings = PretrainSettings(vae_steps=1, vae_batch=2, unet_steps=1, unet_batch=2,
+    settings = PretrainSettings(vae_steps=1, vae_batch=2, binding_steps=1, unet_steps=1, unet_batch=2, rehearsal_per_batch=1,
                                 clips_per_combination=1, checkpoint_every=1)
     assert pretrain(tmp_path / "base", settings)
     components = load_components(str(tmp_path / "base"))
@@ -146,20 +146,32 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     from diffusers import UNet3DConditionModel
 
     from utils.toy_world.evaluate import order_use
+    from utils.toy_world.pretrain import UNET_CONFIG
 
-    assert max(order_use(tmp_path / "base", timesteps=(500, 950)).values()) < 0.01
-    unet = UNet3DConditionModel.from_pretrained(tmp_path / "base" / "unet")
     torch.manual_seed(0)
+    unet = UNet3DConditionModel(**UNET_CONFIG)
+    unet.save_pretrained(tmp_path / "base" / "unet")
+    assert max(order_use(tmp_path / "base", timesteps=(500, 950)).values()) < 0.01
     for module in unet.modules():
         if module.__class__.__name__ == "TemporalConvLayer":
             torch.nn.init.normal_(module.conv4[-1].weight, std=0.1)
     unet.save_pretrained(tmp_path / "base" / "unet")
     assert min(order_use(tmp_path / "base", timesteps=(500, 950)).values()) > 0.05
-    # the direction stage resumes after the main steps
+    # a run stopped at the end of the binding stage and resumed ends with the same weights as one
+    # that ran straight through (the main stage starts with a fresh optimizer either way)
+    import shutil
     from dataclasses import replace
 
-    assert pretrain(tmp_path / "base", replace(settings, direction_steps=1))
-    assert torch.load(tmp_path / "base" / "checkpoints" / "unet.pt", weights_only=False)["step"] == 2
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "base", resumed, ignore=shutil.ignore_patterns("unet", "unet.pt"))
+    assert pretrain(resumed, replace(settings, unet_steps=0))
+    assert torch.load(resumed / "checkpoints" / "unet.pt", weights_only=False)["step"] == 1
+    assert pretrain(resumed, settings)
+    straight, stopped = (torch.load(d / "checkpoints" / "unet.pt", weights_only=False)
+                         for d in (tmp_path / "base", resumed))
+    for part in ("model", "ema"):
+        assert all(torch.equal(straight[part][k], stopped[part][k]) for k in straight[part])
+    assert not torch.equal(straight["model"]["conv_in.weight"], stopped["ema"]["conv_in.weight"])
 
 
 def test_parse_caption_inverts_caption():
@@ -267,6 +279,30 @@ def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
     assert float(loss) < 1e-10
 
 
+def test_unet_loss_draws_each_clips_timestep_from_its_own_range():
+    """The main stage's rehearsal clips train at t >= binding_min_t, the other clips anywhere."""
+    from diffusers import DDPMScheduler
+
+    from utils.toy_world.pretrain import PretrainSettings, unet_loss
+
+    scheduler = DDPMScheduler.from_config(PretrainSettings().scheduler_config)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, noisy, timesteps, encoder_hidden_states):
+            seen.append(timesteps)
+            return type("Out", (), {"sample": torch.zeros_like(noisy)})
+
+    latents = torch.zeros(4, 4, 2, 2, 2)
+    for seed in range(25):
+        unet_loss(Recorder(), scheduler, latents, None, torch.Generator().manual_seed(seed), torch.tensor([0, 0, 900, 900]))
+    timesteps = torch.stack(seen)
+    assert timesteps[:, 2:].min() >= 900 and timesteps.max() <= 999
+    assert timesteps[:, :2].min() < 300  # 50 draws from [0, 1000)
+    with pytest.raises(ValueError, match="rehearsal_per_batch"):
+        PretrainSettings(unet_batch=4, rehearsal_per_batch=4)
+
+
 def test_compare_writes_scores_and_strip(tmp_path):
     """The quick start's last step on known clips: the reference's motion on the prompt's subject
     scores high, a still subject low; appearance is the share of colour and shape right."""
@@ -304,13 +340,19 @@ def test_pretraining_clips_start_near_the_centre():
         assert x0 <= spec.start[0] <= x1 and y0 <= spec.start[1] <= y1
 
 
-def test_the_clock_bar_grows_and_the_detector_ignores_it():
+def test_the_clocks_bar_grows_background_brightens_and_the_detector_ignores_them():
     video = world.render(world.centered_spec("circle", "red", "up"))
+    greys = [int(frame[-1, 0, 0]) for frame in video]  # a bottom corner: background
+    assert greys[0] == 128 - world.BACKGROUND_RAMP and greys[-1] == 128 + world.BACKGROUND_RAMP
+    assert all(a < b for a, b in zip(greys, greys[1:]))
     lengths = [int((frame[0] == world.CLOCK_COLOR).all(axis=-1).sum()) for frame in video]
     assert lengths == [world.SIZE * (k + 1) // world.FRAMES for k in range(world.FRAMES)]
     assert (video[:, : world.CLOCK_ROWS] == world.CLOCK_COLOR).all(axis=-1).any(axis=(1, 2)).all()
     cleared = world.without_clock(video)
-    assert (cleared[:, : world.CLOCK_ROWS + 1] == world.BACKGROUND).all()
+    for k, frame in enumerate(cleared):
+        assert (frame[: world.CLOCK_ROWS + 1] == world.background(k)).all()
+    steady = world.without_clocks(video)  # and every frame's background the same grey
+    assert (steady[:, -1] == world.BACKGROUND).all() and (steady[:, : world.CLOCK_ROWS + 1] == world.BACKGROUND).all()
     assert np.array_equal(cleared[:, world.CLOCK_ROWS + 1:], video[:, world.CLOCK_ROWS + 1:])
 
 
@@ -345,15 +387,3 @@ def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
     assert [h["step"] for h in history] == [2] and set(history[0]["swap_ratio"]) == {950, 800, 600}
 
 
-def test_direction_stage_draws_moving_clips_only():
-    from utils.toy_world.pretrain import PretrainSettings, moving_clips, unet_batch
-
-    captions = [world.caption("circle", "red", m) for m in ("left", "still", "up")]
-    data = {"captions": captions, "caption_index": torch.tensor([0, 1, 2, 1, 0]),
-            "latents": torch.arange(5.0).view(5, 1)}
-    pool = moving_clips(data)
-    assert pool.tolist() == [0, 2, 4]
-    embeddings = torch.arange(4.0).view(4, 1)  # 3 captions + the empty prompt
-    settings = PretrainSettings(unet_batch=64, uncond_prob=0.0)
-    latents, context = unet_batch(data, embeddings, settings, torch.Generator().manual_seed(0), pool)
-    assert set(latents.flatten().tolist()) == {0.0, 2.0, 4.0} and 1.0 not in context.flatten().tolist()

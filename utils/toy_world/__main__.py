@@ -34,7 +34,7 @@ def _pretrain(args) -> None:
     settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                                 time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
                                 zero_terminal_snr=args.zero_terminal_snr, v_prediction=args.v_prediction,
-                                start_spread=spread, direction_steps=args.direction_steps)
+                                start_spread=spread, binding_steps=args.binding_steps)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
     pre.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps (default 1500)")
     pre.add_argument("--unet-steps", type=int, default=2500, help="UNet training steps (default 2500)")
-    pre.add_argument("--direction-steps", type=int, default=0,
-                     help="then this many steps on moving clips only at t >= 500 (experimental; default 0)")
+    pre.add_argument("--binding-steps", type=int, default=1600,
+                     help="UNet steps on one subject's four directions at t >= 500 before the main steps, "
+                          "to bind the direction words (default 1600; 0 skips)")
     pre.add_argument("--time-budget", type=float, default=None,
                      help="stop after this many minutes (resumable: run again to continue)")
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

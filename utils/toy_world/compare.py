@@ -18,7 +18,7 @@ from utils.evaluation.inputs import read_video
 from utils.evaluation.motion_fidelity import motion_fidelity
 from utils.toy_world.evaluate import parse_caption
 from utils.toy_world.score import score_clip
-from utils.toy_world.world import without_clock
+from utils.toy_world.world import without_clocks
 
 
 def video_scores(video: str | Path, reference: np.ndarray, prompt: str) -> dict:
@@ -29,7 +29,7 @@ def video_scores(video: str | Path, reference: np.ndarray, prompt: str) -> dict:
     score = score_clip(frames, shape, color, motion)
     return {
         "video": str(video),
-        "motion_fidelity": round(float(motion_fidelity(without_clock(frames), without_clock(reference))), 2),
+        "motion_fidelity": round(float(motion_fidelity(without_clocks(frames), without_clocks(reference))), 2),
         "trajectory_distance_px": round(float(score.trajectory_distance), 2),
         "appearance_accuracy": (int(score.color_ok) + int(score.shape_ok)) / 2,
         "detected": {"color": score.color, "shape": score.shape},

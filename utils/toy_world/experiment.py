@@ -136,12 +136,12 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
 
     scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
     distances = np.array([s.trajectory_distance for s in scores])
-    reference_frames = world.without_clock(reference_frames)
+    reference_frames = world.without_clocks(reference_frames)
     return {
         "row": name,
         "trajectory_distance": float(distances.mean()),
         "motion_hit_rate": float((distances < CLOSE_ENOUGH).mean()),
-        "motion_fidelity": float(np.mean([motion_fidelity(world.without_clock(clip), reference_frames)
+        "motion_fidelity": float(np.mean([motion_fidelity(world.without_clocks(clip), reference_frames)
                                           for _, _, clip in clips])),
         "appearance_accuracy": float(np.mean([s.color_ok and s.shape_ok for s in scores])),
         "leakage": float(np.mean([leaked(s, subject, references) for s, (subject, _, _) in zip(scores, clips)])),

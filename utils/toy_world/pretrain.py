@@ -91,15 +91,25 @@ class PretrainSettings:
     v_prediction: bool = False
     # Zero terminal SNR (Lin et al. 2023, implies v-prediction): at t = 999 no trace of the clip is left.
     zero_terminal_snr: bool = False
-    # Direction stage (experimental), after the UNet steps: moving clips only, t >= direction_min_t,
-    # the LR's cosine restarted. Binding a direction word is a saddle (README "Toy world",
-    # `binding`); 1500 such steps did not get past it and unlearned stillness (measured there).
-    direction_steps: int = 0
-    direction_min_t: int = 500
+    # Binding stage, before the main stage: the fresh UNet first learns the direction words alone,
+    # on the four centred directions of one subject at t >= 500 (`binding.word_specs("motion")`).
+    # Binding a direction word is a saddle: on four clips the UNet leaves it after ~1000 steps, in
+    # the full data not within 2500, where colour, shape and noise dominate the gradient (README
+    # "Toy world", `binding`). 0 skips the stage.
+    binding_steps: int = 1600
+    binding_min_t: int = 500
+    # Of each main batch, this many are centred clips of the BINDING_SUBJECTS (four directions and
+    # still) at t >= binding_min_t: without them the main stage unbound the words again (gate 50%).
+    rehearsal_per_batch: int = 4
+
+    def __post_init__(self):
+        if not 0 <= self.rehearsal_per_batch < self.unet_batch:
+            raise ValueError(f"rehearsal_per_batch ({self.rehearsal_per_batch}) must be in [0, unet_batch = "
+                             f"{self.unet_batch})")
 
     @property
     def total_unet_steps(self) -> int:
-        return self.unet_steps + self.direction_steps
+        return self.binding_steps + self.unet_steps
 
     @property
     def scheduler_config(self) -> dict:
@@ -134,7 +144,7 @@ def mark_complete(out: Path) -> None:
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """The RNG of one training step: a function of (seed, stage, step) only, so resuming is exact."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 17, "unet": 29}[stage] * 100_003 + step)
+    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 17, "unet": 29, "binding": 31}[stage] * 100_003 + step)
 
 
 def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
@@ -143,13 +153,6 @@ def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
         return base * (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def unet_learning_rate(step: int, settings: PretrainSettings) -> float:
-    """The main stage's warm-up and cosine; the direction stage restarts the cosine, no warm-up."""
-    if step < settings.unet_steps:
-        return learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps)
-    return learning_rate(step - settings.unet_steps, settings.unet_lr, 0, settings.direction_steps)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -187,7 +190,7 @@ def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, gen: torch.Generator) 
     latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
     recon = vae.decode(latents).sample
     # the subject covers ~5% of a frame: weigh its pixels up, or the VAE first learns a grey frame
-    background = torch.tensor(world.BACKGROUND).view(1, 3, 1, 1) / 127.5 - 1.0
+    background = pixels[:, :, -1].median(dim=-1).values[..., None, None]  # the bottom row: no clock, no subject
     subject = (pixels - background).abs().amax(dim=1, keepdim=True) > 0.1
     weight = 1.0 + (FOREGROUND_WEIGHT - 1.0) * subject.float()
     mse = torch.nn.functional.mse_loss(recon, pixels)
@@ -283,23 +286,23 @@ def caption_embeddings(out: Path, captions: list[str]) -> torch.Tensor:
     return encode_prompts(tokenizer, text_encoder, list(captions) + [""])
 
 
-def unet_loss(unet, scheduler, latents, context, gen: torch.Generator, min_t: int = 0) -> torch.Tensor:
+def unet_loss(unet, scheduler, latents, context, gen: torch.Generator,
+              min_t: int | torch.Tensor = 0) -> torch.Tensor:
+    """The diffusion loss at random timesteps, each clip's drawn from [its min_t, T)."""
     noise = torch.randn(latents.shape, generator=gen)
-    timesteps = torch.randint(min_t, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    low = torch.as_tensor(min_t).expand(latents.shape[0])
+    span = scheduler.config.num_train_timesteps - low
+    timesteps = low + (torch.rand(latents.shape[0], generator=gen) * span).long()
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
     return torch.nn.functional.mse_loss(pred, diffusion_target(scheduler, latents, noise, timesteps))
 
 
-def unet_batch(data: dict, embeddings: torch.Tensor, settings: PretrainSettings, gen: torch.Generator,
-               pool: torch.Tensor | None = None):
-    """A batch of latents and caption states: any clip, or one of the clip indices in `pool`."""
-    if pool is None:
-        index = torch.randint(0, len(data["latents"]), (settings.unet_batch,), generator=gen)
-    else:
-        index = pool[torch.randint(0, len(pool), (settings.unet_batch,), generator=gen)]
+def unet_batch(data: dict, embeddings: torch.Tensor, count: int, uncond_prob: float, gen: torch.Generator):
+    """`count` latents and caption states of random clips, some with the empty prompt."""
+    index = torch.randint(0, len(data["latents"]), (count,), generator=gen)
     caption = data["caption_index"][index]
-    dropped = torch.rand(settings.unet_batch, generator=gen) < settings.uncond_prob
+    dropped = torch.rand(count, generator=gen) < uncond_prob
     caption = torch.where(dropped, torch.full_like(caption, len(embeddings) - 1), caption)
     return data["latents"][index], embeddings[caption]
 
@@ -312,8 +315,28 @@ def save_unet(out: Path, unet, ema_state: dict) -> None:
     unet.load_state_dict(live)
 
 
+# The binding stage's subject, then the subjects whose centred clips the main stage rehearses.
+BINDING_SUBJECTS = (("circle", "red"), ("square", "blue"), ("triangle", "yellow"))
+DIRECTIONS = ("left", "right", "up", "down")
+
+
+def centred_clips(out: Path, subjects, motions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and caption states of the centred clips of every subject x motion."""
+    from utils.toy_world.binding import encode_clips
+
+    specs = [world.centered_spec(shape, color, m) for shape, color in subjects for m in motions]
+    return encode_clips(out, specs)
+
+
+def new_optimizer(unet, settings: PretrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=1e-2)
+
+
 def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
-    """Train (or resume) the UNet on the encoded clips; returns True when it has all its steps."""
+    """Train (or resume) the UNet: the binding stage, then the main stage on every encoded clip.
+
+    Returns True when it has all its steps.
+    """
     from diffusers import DDPMScheduler, UNet3DConditionModel
 
     data = encode_dataset(out, settings)
@@ -322,7 +345,7 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
     ckpt_path = out / "checkpoints" / "unet.pt"
     torch.manual_seed(settings.seed)
     unet = UNet3DConditionModel(**UNET_CONFIG)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=1e-2)
+    optimizer = new_optimizer(unet, settings)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     step = 0
     if (ckpt := load_checkpoint(ckpt_path)) is not None:
@@ -330,6 +353,8 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
         optimizer.load_state_dict(ckpt["optimizer"])
         ema, step = ckpt["ema"], ckpt["step"]
     unet.train()
+    binding = centred_clips(out, BINDING_SUBJECTS[:1], DIRECTIONS)
+    rehearsal = centred_clips(out, BINDING_SUBJECTS, DIRECTIONS + ("still",))
     started, recent = time.time(), []
 
     def checkpoint():
@@ -338,43 +363,81 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
         save_unet(out, unet, ema)
         mark_complete(out)
 
-    moving = moving_clips(data)
     total = settings.total_unet_steps
     while step < total and time.time() < deadline:
-        gen = step_generator(settings.seed, "unet", step)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
-        direction_stage = step >= settings.unet_steps
-        for group in optimizer.param_groups:
-            group["lr"] = unet_learning_rate(step, settings)
-        latents, context = unet_batch(data, embeddings, settings, gen, moving if direction_stage else None)
-        loss = unet_loss(unet, scheduler, latents, context, gen, settings.direction_min_t if direction_stage else 0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
+        if step == settings.binding_steps > 0:  # the main stage starts afresh from the bound UNet
+            optimizer = new_optimizer(unet, settings)
+            ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+        if step < settings.binding_steps:
+            loss = binding_step(unet, optimizer, scheduler, binding, settings, step)
+        else:
+            loss = main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings,
+                             step - settings.binding_steps)
+            update_ema(ema, unet, step - settings.binding_steps, settings.ema_decay)
         step += 1
-        # EMA warms up (decay grows with the step) so early weights do not dominate a short run
-        decay = min(settings.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name, value in unet.state_dict().items():
-                if value.is_floating_point():
-                    ema[name].mul_(decay).add_(value, alpha=1 - decay)
-                else:
-                    ema[name].copy_(value)
-        recent.append(loss.item())
-        if step % settings.checkpoint_every == 0 or step in (settings.unet_steps, total):
-            logger.info("unet step %d/%d  loss %.4f  (%.2f s/step)", step, total,
-                        float(np.mean(recent[-settings.checkpoint_every:])), (time.time() - started) / len(recent))
+        recent.append(loss)
+        if step % settings.checkpoint_every == 0 or step in (settings.binding_steps, total):
+            logger.info("unet step %d/%d  loss %.4f  (%.2f s/step)%s", step, total,
+                        float(np.mean(recent[-settings.checkpoint_every:])), (time.time() - started) / len(recent),
+                        binding_report(unet, scheduler, binding))
             checkpoint()
     checkpoint()
     return step >= total
 
 
-def moving_clips(data: dict) -> torch.Tensor:
-    """Indices of the clips whose caption names a direction (not "standing still")."""
-    still = world.MOTION_PHRASES["still"]
-    moving = [c for c, caption in enumerate(data["captions"]) if not caption.endswith(still)]
-    return torch.nonzero(torch.isin(data["caption_index"], torch.tensor(moving))).flatten()
+def binding_step(unet, optimizer, scheduler, clips, settings: PretrainSettings, step: int) -> float:
+    """One step on all the binding clips at once, t >= binding_min_t, a constant learning rate."""
+    gen = step_generator(settings.seed, "binding", step)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
+    for group in optimizer.param_groups:
+        group["lr"] = settings.unet_lr
+    loss = unet_loss(unet, scheduler, *clips, gen, settings.binding_min_t)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def binding_report(unet, scheduler, clips) -> str:
+    """The direction words' swap ratio at t = 800 (1.0: not bound yet)."""
+    from utils.toy_world.binding import swap_ratio
+
+    unet.eval()
+    ratio = swap_ratio(unet, scheduler, *clips, 800, repeats=2)
+    unet.train()
+    return f"  direction swap ratio {ratio:.3f}"
+
+
+def main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings: PretrainSettings,
+              step: int) -> float:
+    """One step on random clips plus `rehearsal_per_batch` centred binding-subject clips at
+    t >= binding_min_t; warm-up and cosine learning rate, clipped gradient."""
+    gen = step_generator(settings.seed, "unet", step)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps)
+    count = settings.rehearsal_per_batch
+    latents, context = unet_batch(data, embeddings, settings.unet_batch - count, settings.uncond_prob, gen)
+    pick = torch.randint(0, len(rehearsal[0]), (count,), generator=gen)
+    latents, context = torch.cat([latents, rehearsal[0][pick]]), torch.cat([context, rehearsal[1][pick]])
+    min_t = torch.tensor([0] * (settings.unet_batch - count) + [settings.binding_min_t] * count)
+    loss = unet_loss(unet, scheduler, latents, context, gen, min_t)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def update_ema(ema: dict, unet, step: int, decay: float) -> None:
+    # EMA warms up (decay grows with the step) so early weights do not dominate a short run
+    decay = min(decay, (2 + step) / (11 + step))
+    for name, value in unet.state_dict().items():
+        if value.is_floating_point():
+            ema[name].mul_(decay).add_(value, alpha=1 - decay)
+        else:
+            ema[name].copy_(value)
 
 
 def pretrain(out_dir: str | Path, settings: PretrainSettings) -> bool:
