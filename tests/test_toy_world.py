@@ -140,6 +140,12 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
 
     probe = caption_reliance(tmp_path / "base", timesteps=(500,), combos=[("circle", "red", "left")] * 2)
     assert set(probe[500]) == {"motion", "color", "shape"} and all(r > 0 for r in probe[500].values())
+    # the conditional layout: a centroid per frame for each prompt
+    from utils.toy_world.evaluate import conditional_layout
+
+    layouts = conditional_layout(tmp_path / "base", ["a red circle moving left", "a red circle moving up"], seeds=2)
+    assert [c.shape for c in layouts.values()] == [(world.FRAMES, 2)] * 2
+    assert all(np.isfinite(c).all() for c in layouts.values())
     # frame-order use: a fresh UNet3D's temporal convs start as the identity (zero last conv) and its
     # temporal attention ignores order, so it treats a clip as a set of frames; random temporal
     # convs make it order-dependent
@@ -172,6 +178,15 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     for part in ("model", "ema"):
         assert all(torch.equal(straight[part][k], stopped[part][k]) for k in straight[part])
     assert not torch.equal(straight["model"]["conv_in.weight"], stopped["ema"]["conv_in.weight"])
+
+
+def test_contrast_centroids_follow_the_subject_on_a_ramped_background():
+    from utils.toy_world.evaluate import contrast_centroids
+
+    for motion in ("right", "down", "circling"):
+        spec = world.centered_spec("square", "green", motion)
+        centroids = contrast_centroids(world.render(spec))
+        assert np.abs(centroids - world.trajectory(spec)[:, :2]).max() < 0.6
 
 
 def test_parse_caption_inverts_caption():

@@ -1,4 +1,4 @@
-"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,binding,compare,experiment} ...: see --help of each command."""
+"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,layout,binding,compare,experiment} ...: see --help of each command."""
 
 from __future__ import annotations
 
@@ -109,6 +109,15 @@ def _compare(args) -> None:
     print(f"wrote {args.out_dir}/scores.json and {args.out_dir}/strip.png")
 
 
+def _layout(args) -> None:
+    from utils.toy_world.evaluate import conditional_layout
+
+    torch.set_num_threads(args.threads)
+    prompts = args.prompt or [f"a red circle moving {d}" for d in ("left", "right", "up", "down")]
+    for prompt, centroids in conditional_layout(args.model, prompts, args.timestep, args.seeds, args.guidance_scale).items():
+        print(f"{prompt}\n  x {' '.join(f'{v:5.1f}' for v in centroids[:, 0])}\n  y {' '.join(f'{v:5.1f}' for v in centroids[:, 1])}")
+
+
 def _probe(args) -> None:
     import json
 
@@ -183,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("model", help="pipeline folder")
     probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     probe.set_defaults(run=_probe)
+
+    lay = commands.add_parser("layout", help="per-frame subject centroid of each prompt's predicted clean clip from pure noise")
+    lay.add_argument("model", help="pipeline folder")
+    lay.add_argument("--prompt", action="append", help="a world caption (repeatable; default: a red circle's four directions)")
+    lay.add_argument("--timestep", type=int, default=999, help="the noise level (default 999, where sampling starts)")
+    lay.add_argument("--seeds", type=int, default=8, help="noise draws averaged (default 8)")
+    lay.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (default 1: the conditional mean)")
+    lay.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    lay.set_defaults(run=_layout)
 
     bind = commands.add_parser("binding", help="how fast a fresh UNet learns to use one caption word (swap ratio)")
     bind.add_argument("model", help="pipeline folder (its VAE, text encoder and scheduler are used)")

@@ -144,3 +144,50 @@ def order_use(model_dir: str | Path, timesteps=(200, 500, 800, 950), seed: int =
         spread = (out - out.mean(2, keepdim=True)).norm()
         report[t] = round(float((out[:, :, reverse] - out_reversed).norm() / spread), 3)
     return report
+
+
+def contrast_centroids(frames: np.ndarray) -> np.ndarray:
+    """(F, 2): per frame the x, y centroid of the pixels' contrast with the frame's background
+    (the border's median; the clock band left out), the place where a blurry subject's mass is."""
+    frames = world.without_clock(frames).astype(np.float32)
+    ys, xs = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]].astype(np.float32)
+    centroids = []
+    for frame in frames:
+        border = np.concatenate([frame[-1], frame[:, 0], frame[:, -1]])
+        contrast = np.abs(frame - np.median(border, axis=0)).sum(axis=-1)
+        mass = max(float(contrast.sum()), 1e-6)
+        centroids.append(((contrast * xs).sum() / mass, (contrast * ys).sum() / mass))
+    return np.array(centroids)
+
+
+@torch.no_grad()
+def conditional_layout(model_dir: str | Path, prompts: list[str], timestep: int = 999, seeds: int = 8,
+                       guidance_scale: float = 1.0) -> dict:
+    """Where each prompt puts its subject, frame by frame, before sampling has chosen anything.
+
+    The UNet's predicted clean clip from pure noise at `timestep` (the prompt's conditional mean;
+    with guidance, extrapolated from the empty prompt's), averaged over `seeds` noise draws,
+    decoded, and read by `contrast_centroids`: {prompt: (F, 2) centroids}. Two prompts whose
+    layouts are the same cannot be told apart where sampling fixes the layout.
+    """
+    from models.pipeline import decode_video, encode_prompts, load_components
+
+    components = load_components(str(model_dir))
+    scheduler = components.scheduler
+    alpha = scheduler.alphas_cumprod[timestep]
+    noise = torch.randn(seeds, 4, world.FRAMES, world.SIZE // 8, world.SIZE // 8,
+                        generator=torch.Generator().manual_seed(0))
+    steps = torch.full((seeds,), timestep)
+    states = encode_prompts(components.tokenizer, components.text_encoder, [*prompts, ""])
+    empty = components.unet(noise, steps, encoder_hidden_states=states[-1:].expand(seeds, -1, -1)).sample
+    layouts = {}
+    for index, prompt in enumerate(prompts):
+        cond = components.unet(noise, steps, encoder_hidden_states=states[index : index + 1].expand(seeds, -1, -1)).sample
+        out = empty + guidance_scale * (cond - empty)
+        if scheduler.config.prediction_type == "v_prediction":
+            clean = alpha.sqrt() * noise - (1 - alpha).sqrt() * out
+        else:
+            clean = (noise - (1 - alpha).sqrt() * out) / alpha.sqrt()
+        frames = decode_video(components.vae, clean.mean(0, keepdim=True))[0].numpy()
+        layouts[prompt] = contrast_centroids(frames)
+    return layouts
