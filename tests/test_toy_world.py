@@ -189,6 +189,16 @@ def test_contrast_centroids_follow_the_subject_on_a_ramped_background():
         assert np.abs(centroids - world.trajectory(spec)[:, :2]).max() < 0.6
 
 
+def test_binding_word_sets_differ_in_that_word_only():
+    from utils.toy_world.binding import WORDS, word_specs
+
+    for word in WORDS:
+        captions = [s.caption.split() for s in word_specs(word)]
+        differing = {i for i in range(len(captions[0])) if len({c[i] for c in captions}) > 1}
+        assert len(differing) == 1 and len(captions) >= 2
+    assert [s.motion for s in word_specs("sign")] == ["left", "right"]
+
+
 def test_parse_caption_inverts_caption():
     from utils.toy_world.evaluate import parse_caption
 

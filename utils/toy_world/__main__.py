@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bind = commands.add_parser("binding", help="how fast a fresh UNet learns to use one caption word (swap ratio)")
     bind.add_argument("model", help="pipeline folder (its VAE, text encoder and scheduler are used)")
-    bind.add_argument("--word", default="motion", choices=["motion", "color", "shape"], help="the word that varies")
+    bind.add_argument("--word", default="motion", choices=["motion", "sign", "color", "shape"], help="the word that varies")
     bind.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
     bind.add_argument("--every", type=int, default=100, help="probe every this many steps (default 100)")
     bind.add_argument("--seed", type=int, default=0, help="seed of the fresh UNet (default 0)")

@@ -3,13 +3,17 @@
     history = binding(model_dir, word="motion", steps=400)
 
 A fresh UNet of the pretraining architecture is trained on a handful of centred clips whose
-captions differ only in `word` (motion: a red circle moving left / right / up / down; color: a
-circle moving left in each colour; shape: a red subject of each shape moving left), with the
-base's frozen VAE and text encoder, the base's prediction type, and t drawn from [500, 1000): the
-noise levels where the prompt alone must decide the layout. Every `every` steps it prints the
+captions differ only in `word` (motion: a red circle moving left / right / up / down; sign: moving
+left / right; color: a circle moving left in each colour; shape: a red subject of each shape moving
+left), with the base's frozen VAE and text encoder, the base's prediction type, and t drawn from
+[500, 1000): the noise levels where the prompt alone must decide the layout. Every `every` steps it prints the
 *swap ratio*: the loss with the captions rotated among the clips over the loss with the right
 ones, at t = 950, 800 and 600. 1.0 means the word is not used at all; a word the UNet has bound
 raises it (a colour word reaches ~1.5 within 200 steps on this CPU).
+
+With four directions the rotation swaps two axes (left with down, up with right) and two signs,
+so the axis alone raises the ratio; `sign` measures the sign alone (it stayed at 1.00 through 1500
+steps, README "Toy world").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from utils.train_step import diffusion_target
 
 logger = logging.getLogger(__name__)
 
-WORDS = ("motion", "color", "shape")
+WORDS = ("motion", "sign", "color", "shape")
 PROBE_TIMESTEPS = (950, 800, 600)
 
 
@@ -33,6 +37,8 @@ def word_specs(word: str) -> list[world.ClipSpec]:
     """Centred clips that differ only in `word`."""
     if word == "motion":
         combos = [("circle", "red", m) for m in ("left", "right", "up", "down")]
+    elif word == "sign":  # rotating two captions swaps them: only the direction's sign differs
+        combos = [("circle", "red", m) for m in ("left", "right")]
     elif word == "color":
         combos = [("circle", c, "left") for c in world.COLORS]
     elif word == "shape":

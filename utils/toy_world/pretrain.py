@@ -399,7 +399,8 @@ def binding_step(unet, optimizer, scheduler, clips, settings: PretrainSettings, 
 
 
 def binding_report(unet, scheduler, clips) -> str:
-    """The direction words' swap ratio at t = 800 (1.0: not bound yet)."""
+    """The four direction words' swap ratio at t = 800 (1.0: not bound; the axis alone raises it,
+    see `binding`)."""
     from utils.toy_world.binding import swap_ratio
 
     unet.eval()
