@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole job on an embedded default, offline on a CPU: install, build a tiny random text-to-video
-# model, train MotionDirector for a few steps on the bundled synthetic clip, then generate a video
-# with the inversion noise prior. Results are meaningless (random weights); the pipeline is real.
+# MotionDirector on the toy world, offline on a CPU (~1 minute after installs): learn a new motion
+# (zig-zag) from one bundled clip, generate a new subject doing it with and without the learned
+# temporal LoRA (same prompt and seed), and score both against the reference clip: writes
+# outputs/quickstart/scores.json, strip.png and the two videos. It needs a pretrained toy-world
+# base (README "Toy world"): the shipped models/toy_world_base, or TOY_BASE=path.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -11,11 +13,21 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 $PY -m pip install -q -r requirements.txt
 
-mkdir -p outputs
-$PY -m utils.tiny_model models/tiny_t2v
-$PY MotionDirector_train.py --config configs/config_tiny_cpu.yaml output_dir=outputs/quickstart | tee outputs/quickstart.log
-run_dir=$(sed -n 's/^run folder: //p' outputs/quickstart.log | tail -n 1)
-$PY MotionDirector_inference.py --model models/tiny_t2v --prompt "A ball is moving to the right." \
-  --checkpoint_folder "$run_dir" --checkpoint_index 6 --noise_prior 0.5 \
-  --width 64 --height 64 --num-frames 8 --num-steps 10 --seed 1234 --device cpu \
-  --output_dir outputs/quickstart/inference
+BASE=${TOY_BASE:-models/toy_world_base}
+if [ ! -f "$BASE/model_index.json" ]; then
+  echo "no toy-world base at $BASE: pretrain one with python -m utils.toy_world pretrain $BASE --seed 0 --v-prediction --threads 2, or set TOY_BASE" >&2
+  exit 2
+fi
+REFERENCE=test_data/toy_world/zigzag/single/blue_square_zigzag_20_32.mp4
+PROMPT="a red circle zigzagging"
+OUT=outputs/quickstart
+mkdir -p "$OUT"
+$PY MotionDirector_train.py --config configs/config_toy_world_single_video.yaml output_dir=$OUT/train pretrained_model_path="$BASE" \
+  validation_data.sample_preview=false | tee "$OUT/train.log"
+run_dir=$(sed -n 's/^run folder: //p' "$OUT/train.log" | tail -n 1)
+common=(--model "$BASE" --prompt "$PROMPT" --checkpoint_folder "$run_dir" --checkpoint_index 300
+        --width 64 --height 64 --num-frames 8 --num-steps 25 --guidance-scale 4 --seed 1 --device cpu --overwrite)
+$PY MotionDirector_inference.py "${common[@]}" --output_dir $OUT/motiondirector
+$PY MotionDirector_inference.py "${common[@]}" --lora_scale 0 --output_dir $OUT/base
+$PY -m utils.toy_world compare "$REFERENCE" --prompt "$PROMPT" --base $OUT/base/a_red_circle_zigzagging_1.mp4 \
+  --motiondirector $OUT/motiondirector/a_red_circle_zigzagging_1.mp4 --out-dir $OUT

@@ -215,17 +215,22 @@ def _shipped_or_skip() -> Path:
     return SHIPPED_BASE
 
 
-def test_shipped_base_loads_and_samples_the_prompt():
+def test_shipped_base_samples_the_prompts_subject_and_motion():
+    """Through the project's sampler, one subject in every base motion (the gate, on 5 clips)."""
     from models.pipeline import load_components
     from utils.generate import GenerationSettings, sample_video
 
     components = load_components(str(_shipped_or_skip()))
-    settings = GenerationSettings(prompt="a red square moving right", width=world.SIZE, height=world.SIZE,
-                                  num_frames=world.FRAMES, num_steps=10, guidance_scale=4.0)
-    frames = sample_video(components, settings, seed=0, inverted=None)
-    assert tuple(frames.shape) == (1, world.FRAMES, world.SIZE, world.SIZE, 3)
-    score = score_clip(frames[0].numpy(), "square", "red", "right")
-    assert score.color_ok
+    motions_right = 0
+    for motion in world.BASE_MOTIONS:
+        settings = GenerationSettings(prompt=world.caption("square", "red", motion), width=world.SIZE,
+                                      height=world.SIZE, num_frames=world.FRAMES, num_steps=20, guidance_scale=4.0)
+        frames = sample_video(components, settings, seed=0, inverted=None)
+        assert tuple(frames.shape) == (1, world.FRAMES, world.SIZE, world.SIZE, 3)
+        score = score_clip(frames[0].numpy(), "square", "red", motion)
+        assert score.color_ok and score.shape_ok, motion
+        motions_right += score.motion_ok
+    assert motions_right >= 4
 
 
 def test_experiment_row_scores_motion_appearance_and_leakage():
