@@ -149,12 +149,13 @@ def order_use(model_dir: str | Path, timesteps=(200, 500, 800, 950), seed: int =
 def contrast_centroids(frames: np.ndarray) -> np.ndarray:
     """(F, 2): per frame the x, y centroid of the pixels' contrast with the frame's background
     (the border's median; the clock band left out), the place where a blurry subject's mass is."""
+    from utils.toy_world.detector import background_color
+
     frames = world.without_clock(frames).astype(np.float32)
     ys, xs = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]].astype(np.float32)
     centroids = []
     for frame in frames:
-        border = np.concatenate([frame[-1], frame[:, 0], frame[:, -1]])
-        contrast = np.abs(frame - np.median(border, axis=0)).sum(axis=-1)
+        contrast = np.abs(frame - background_color(frame)).sum(axis=-1)
         mass = max(float(contrast.sum()), 1e-6)
         centroids.append(((contrast * xs).sum() / mass, (contrast * ys).sum() / mass))
     return np.array(centroids)
@@ -184,6 +185,7 @@ def conditional_layout(model_dir: str | Path, prompts: list[str], timestep: int 
     for index, prompt in enumerate(prompts):
         cond = components.unet(noise, steps, encoder_hidden_states=states[index : index + 1].expand(seeds, -1, -1)).sample
         out = empty + guidance_scale * (cond - empty)
+        # from v directly, not through the noise: under zero terminal SNR alpha is 0 at t = 999
         if scheduler.config.prediction_type == "v_prediction":
             clean = alpha.sqrt() * noise - (1 - alpha).sqrt() * out
         else:

@@ -353,8 +353,9 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
         optimizer.load_state_dict(ckpt["optimizer"])
         ema, step = ckpt["ema"], ckpt["step"]
     unet.train()
-    binding = centred_clips(out, BINDING_SUBJECTS[:1], DIRECTIONS)
     rehearsal = centred_clips(out, BINDING_SUBJECTS, DIRECTIONS + ("still",))
+    # the binding clips are the first subject's four directions, the first four rehearsal clips
+    binding = tuple(part[: len(DIRECTIONS)] for part in rehearsal)
     started, recent = time.time(), []
 
     def checkpoint():
