@@ -57,6 +57,16 @@ def test_detector_reads_blurred_clips(motion):
             assert score.motion_ok
 
 
+def test_shape_vote_ties_go_to_the_better_fit_in_any_order():
+    """The frames' shape vote: the majority wins; a tie goes to the larger summed IoU. (The vote
+    was max over a set of names: a tie then fell to the process's string-hash seed.)"""
+    from utils.toy_world.detector import majority_shape
+
+    tie = [("circle", 0.9), ("square", 0.7), ("circle", 0.8), ("square", 0.95)]  # 2 : 2, IoU 1.70 : 1.65
+    assert majority_shape(tie) == majority_shape(tie[::-1]) == "circle"
+    assert majority_shape([("triangle", 0.5)] * 3 + [("circle", 0.99)] * 2) == "triangle"
+
+
 def test_mp4_round_trip_keeps_the_reading(tmp_path):
     from utils.video_io import read_frames
 
@@ -233,6 +243,32 @@ def test_shipped_base_samples_the_prompts_subject_and_motion():
     assert motions_right >= 4
 
 
+def test_short_training_on_the_shipped_base_brings_new_subjects_nearer_the_motion(tmp_path):
+    """MotionDirector_train.py (the toy config, 300 steps, as the quick start) on the bundled zig-zag
+    clip; then four new subjects, two seeds each, sampled with and without the temporal LoRA. The
+    LoRA moves them nearer the zig-zag on both scores (training seeds 0, 1, 2: the distance drops by
+    3.5, 2.3, 6.3 px, the motion fidelity of MotionDirector_eval.py rises by 13, 8, 26; the bounds
+    hold for each; README "Toy world")."""
+    from utils.evaluation.inputs import read_video
+    from utils.evaluation.motion_fidelity import motion_fidelity
+    from utils.toy_world.experiment import (Sampling, mean_distance, new_subjects, reference_clip, reference_subjects,
+                                            sample_subjects, sampling_model, train_motiondirector)
+
+    base = _shipped_or_skip()
+    run, _ = train_motiondirector(base, "zigzag", seed=0, steps=300, out_dir=tmp_path)
+    assert (run / "temporal" / "lora" / "300_unet.safetensors").is_file()
+    sampling = Sampling(seeds=(0, 1), num_steps=20, subjects=4)
+    subjects = new_subjects(reference_subjects("zigzag"), sampling.subjects)
+    reference = world.without_clocks(read_video(reference_clip("zigzag")))
+    distance, fidelity = {}, {}
+    for name, lora_run in (("base", None), ("motiondirector", run)):
+        clips, _ = sample_subjects(sampling_model(base, lora_run), "zigzag", subjects, sampling)
+        distance[name] = mean_distance(clips, "zigzag")
+        fidelity[name] = np.mean([motion_fidelity(world.without_clocks(clip), reference) for _, _, clip in clips])
+    assert distance["motiondirector"] < distance["base"] - 1.5, distance
+    assert fidelity["motiondirector"] > fidelity["base"] + 5, fidelity
+
+
 def test_experiment_row_scores_motion_appearance_and_leakage():
     from utils.toy_world.experiment import new_subjects, score_row
 
@@ -254,6 +290,55 @@ def test_experiment_row_scores_motion_appearance_and_leakage():
     assert row["motion_hit_rate"] == 0.0 and row["motion_fidelity"] < 10
 
 
+def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_path, monkeypatch):
+    """run_experiment's wiring, with training and sampling replaced by the world's own clips: each
+    variant gets its overrides then --set's, the noise-prior rows come from MotionDirector's run, and
+    every row scores its reference subject (here drawn doing the motion: 0 px) apart from the new ones."""
+    from utils.toy_world import experiment
+
+    trained = []
+
+    def fake_train(base, motion, seed, steps, out_dir, overrides=(), mode="single"):
+        trained.append((Path(out_dir).name, overrides))
+        return Path(out_dir), 1.0
+
+    def fake_sample(model, motion, subjects, sampling, noise_prior=0.0):
+        drawn = "left" if model is None else motion  # the "base" draws the wrong motion
+        return [((s, c), seed, world.render(world.centered_spec(s, c, drawn))) for s, c in subjects
+                for seed in sampling.seeds], 2.0
+
+    monkeypatch.setattr(experiment, "train_motiondirector", fake_train)
+    monkeypatch.setattr(experiment, "sampling_model", lambda base, run, noise_prior=0.0: run)
+    monkeypatch.setattr(experiment, "sample_subjects", fake_sample)
+    rows = experiment.run_experiment(tmp_path, tmp_path, ["zigzag"], ["single"], [0], 5,
+                                     experiment.Sampling(seeds=(0,), subjects=2), overrides=("lora_rank=4",))
+    assert trained == [("motiondirector_seed0", ("lora_rank=4",)),
+                       ("coupled_seed0", (*experiment.VARIANTS["coupled"], "lora_rank=4")),
+                       ("no_debias_seed0", (*experiment.VARIANTS["no_debias"], "lora_rank=4"))]
+    assert [r["row"] for r in rows] == ["base", "motiondirector", "motiondirector_np0.3", "motiondirector_np0.5",
+                                        "coupled", "no_debias"]
+    base, *trained_rows = rows
+    assert base["reference_subject_distance"] > 10 and base["motion_hit_rate"] == 0.0
+    assert all(r["reference_subject_distance"] < 1.0 and r["motion_hit_rate"] == 1.0 for r in trained_rows)
+
+
+def test_a_finished_training_run_is_reused_with_its_recorded_seconds(tmp_path, monkeypatch):
+    from utils.toy_world import experiment
+
+    calls = []
+
+    def fake_run(command, **kwargs):  # what MotionDirector_train.py leaves behind
+        calls.append(command)
+        (tmp_path / "out" / f"train_{len(calls)}" / "temporal" / "lora").mkdir(parents=True)
+
+    monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    first = experiment.train_motiondirector(tmp_path, "zigzag", 0, 5, tmp_path / "out")
+    assert experiment.train_motiondirector(tmp_path, "zigzag", 0, 5, tmp_path / "out") == first
+    assert len(calls) == 1 and first[0].name == "train_1"
+    experiment.train_motiondirector(tmp_path, "zigzag", 1, 5, tmp_path / "out")  # another seed: trains
+    assert len(calls) == 2
+
+
 def test_multi_video_subjects_and_leakage():
     from utils.toy_world.experiment import leaked, new_subjects, reference_subjects
     from utils.toy_world.score import score_clip
@@ -270,7 +355,10 @@ def test_multi_video_subjects_and_leakage():
     assert not leaked(right, ("circle", "green"), references)
 
 
-def test_summary_averages_motions_within_a_seed_then_over_seeds():
+def test_summary_averages_motions_within_a_seed_then_over_seeds(tmp_path, capsys):
+    import json
+
+    from utils.toy_world.__main__ import main
     from utils.toy_world.experiment import summarize_rows
 
     def row(name, motion, seed, distance):
@@ -285,6 +373,13 @@ def test_summary_averages_motions_within_a_seed_then_over_seeds():
     base, md = summarize_rows(rows)
     assert base["row"] == "base" and base["trajectory_distance"] == 12.0 and base["seeds"] == 0
     assert md["trajectory_distance"] == 4.0 and md["trajectory_distance_std"] == 1.0 and md["seeds"] == 2
+    # `table` merges runs split by motion (two experiment processes) into the same summary
+    for motion in ("zigzag", "circling"):
+        picked = [r for r in rows if r["motion"] == motion]
+        (tmp_path / f"{motion}.json").write_text(json.dumps({"rows": picked}), encoding="utf8")
+    main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.json"), "--out", str(tmp_path / "all.json")])
+    assert json.loads((tmp_path / "all.json").read_text(encoding="utf8"))["summary"] == [base, md]
+    assert "| single | motiondirector | 4.00 ± 1.00 |" in capsys.readouterr().out
 
 
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():

@@ -1,4 +1,4 @@
-"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,layout,binding,compare,experiment} ...: see --help of each command."""
+"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,layout,binding,compare,experiment,table} ...: see --help of each command."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def _experiment(args) -> None:
     out = Path(args.out_dir)
     sampling = Sampling(seeds=tuple(range(args.sample_seeds)), subjects=args.subjects)
     rows = run_experiment(args.model, out, args.motion, args.modes, args.train_seeds, args.steps, sampling,
-                          args.variants)
+                          args.variants, overrides=tuple(args.set))
     summary = summarize_rows(rows)
     out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
@@ -95,6 +95,19 @@ def _experiment(args) -> None:
     (out / "table.md").write_text(format_table(summary) + "\n", encoding="utf8")
     for motion in args.motion:
         iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0]))
+    print(format_table(summary))
+
+
+def _table(args) -> None:
+    import json
+    from pathlib import Path
+
+    from utils.toy_world.experiment import format_table, summarize_rows
+
+    rows = [row for path in args.tables for row in json.loads(Path(path).read_text(encoding="utf8"))["rows"]]
+    summary = summarize_rows(rows)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n", encoding="utf8")
     print(format_table(summary))
 
 
@@ -158,16 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
     pre.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps (default 1500)")
     pre.add_argument("--unet-steps", type=int, default=2500, help="UNet training steps (default 2500)")
-    pre.add_argument("--binding-steps", type=int, default=1600,
+    pre.add_argument("--binding-steps", type=int, default=2000,
                      help="UNet steps on one subject's four directions at t >= 500 before the main steps, "
-                          "to bind the direction words (default 1600; 0 skips)")
+                          "to bind the direction words (default 2000; 0 skips)")
     pre.add_argument("--time-budget", type=float, default=None,
                      help="stop after this many minutes (resumable: run again to continue)")
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    pre.add_argument("--zero-terminal-snr", action="store_true",
-                     help="rescale the betas to zero terminal SNR and predict v (experimental)")
+    pre.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=True,
+                     help="rescale the betas to zero terminal SNR and predict v (default; --no-zero-terminal-snr "
+                          "keeps ZeroScope's schedule, under which the direction words' sign is not learned)")
     pre.add_argument("--v-prediction", action="store_true",
-                     help="predict v instead of the noise (weighs the layout at high noise up)")
+                     help="with --no-zero-terminal-snr: predict v instead of the noise")
     pre.add_argument("--start-spread", type=float, default=None,
                      help="pretraining clips start within this many pixels of the centred start "
                           "(default: world.START_SPREAD; a negative value: anywhere)")
@@ -231,9 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     exp.add_argument("--sample-seeds", type=int, default=2, help="samples per new subject (default 2)")
     exp.add_argument("--subjects", type=int, default=6, help="new subjects per motion (default 6)")
-    exp.add_argument("--steps", type=int, default=300, help="MotionDirector training steps (default 300)")
+    exp.add_argument("--steps", type=int, default=600, help="MotionDirector training steps (default 600)")
     exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    exp.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="config overrides for every training run, e.g. lora_rank=32 learning_rate=3e-3")
     exp.set_defaults(run=_experiment)
+
+    table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")
+    table.add_argument("tables", nargs="+", help="table.json files written by experiment")
+    table.add_argument("--out", help="write the merged rows and summary to this JSON file")
+    table.set_defaults(run=_table)
     return parser
 
 

@@ -55,8 +55,8 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     return (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
 
 
-def classify_shape(mask: np.ndarray, box) -> str:
-    """The shape whose template in the mask's bounding box has the highest IoU with the mask."""
+def classify_shape(mask: np.ndarray, box) -> tuple[str, float]:
+    """The shape whose template in the mask's bounding box has the highest IoU with the mask, and that IoU."""
     cx, cy, hx, hy = box
     size = mask.shape[0]
     best, best_iou = world.SHAPES[0], -1.0
@@ -66,7 +66,17 @@ def classify_shape(mask: np.ndarray, box) -> str:
         iou = (template & mask).sum() / max((template | mask).sum(), 1)
         if iou > best_iou:
             best, best_iou = shape, iou
-    return best
+    return best, float(best_iou)
+
+
+def majority_shape(votes: list[tuple[str, float]]) -> str:
+    """The shape most frames read; a tie goes to the shape with the larger summed IoU (the
+    frames that fit it better), not to whatever order a set of names iterates in."""
+    tally = {}
+    for shape, iou in votes:
+        count, total = tally.get(shape, (0, 0.0))
+        tally[shape] = (count + 1, total + iou)
+    return max(tally, key=tally.get)
 
 
 def centre_and_radius(box, shape: str) -> tuple[float, float, float]:
@@ -87,17 +97,15 @@ def read_clip(video: np.ndarray) -> Reading:
     """Read a uint8 (F, H, W, 3) clip (the clock band is ignored)."""
     video = world.without_clock(video)
     track = np.full((len(video), 3), np.nan)
-    colors, shapes = [], []
+    colors, votes = [], []
     for k, frame in enumerate(video):
         mask = subject_mask(frame)
         box = box_of(mask)
         if box is None:
             continue
-        shapes.append(classify_shape(mask, box))
-        track[k] = centre_and_radius(box, shapes[-1])
+        votes.append(classify_shape(mask, box))
+        track[k] = centre_and_radius(box, votes[-1][0])
         colors.append(frame[mask].astype(np.float32).mean(axis=0))
     if not colors:
         return Reading(None, None, track)
-    color = nearest_color(np.mean(colors, axis=0))
-    shape = max(set(shapes), key=shapes.count)  # majority vote over the frames
-    return Reading(color, shape, track)
+    return Reading(nearest_color(np.mean(colors, axis=0)), majority_shape(votes), track)

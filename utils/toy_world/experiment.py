@@ -7,11 +7,14 @@ subjects) it trains, with the project's own `MotionDirector_train.py` (a subproc
 user runs it, `configs/config_toy_world_single_video.yaml` plus key=value overrides), the variants
 of `VARIANTS` once per training seed, then samples new subjects doing the motion with the run's
 temporal LoRA (and, for MotionDirector on a single clip, with the noise prior) and scores them
-with the detector. The base model (no LoRA) is sampled once per motion: it has no training seed.
+with the detector. It samples the reference subjects too, with their own captions: a LoRA that
+moves them but not new subjects has learned the motion bound to its subject. The base model (no
+LoRA) is sampled once per motion: it has no training seed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -99,26 +102,46 @@ def data_overrides(motion: str, mode: str) -> list[str]:
 
 def train_motiondirector(base: Path, motion: str, seed: int, steps: int, out_dir: Path,
                          overrides: tuple[str, ...] = (), mode: str = "single") -> tuple[Path, float]:
-    """Run MotionDirector_train.py on the motion's reference clip(s); (run folder, seconds)."""
+    """Run MotionDirector_train.py on the motion's reference clip(s); (run folder, seconds).
+
+    A finished run of the same command in `out_dir` (its `experiment_run.json` says which) is
+    reused with its recorded seconds: training is seeded, so an interrupted or re-scored
+    experiment need not train again.
+    """
     command = [sys.executable, "MotionDirector_train.py", "--config", str(CONFIG),
                f"pretrained_model_path={base}", f"output_dir={out_dir}", f"seed={seed}",
                f"max_train_steps={steps}", f"checkpointing_steps={steps}", f"validation_steps={steps}",
                "validation_data.sample_preview=False", *data_overrides(motion, mode), *overrides]
+    record = Path(out_dir) / "experiment_run.json"
+    if record.is_file():
+        done = json.loads(record.read_text(encoding="utf8"))
+        if done["command"] == command[1:] and (Path(done["run"]) / "temporal" / "lora").is_dir():
+            return Path(done["run"]), done["seconds"]
     started = time.time()
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    return sorted(Path(out_dir).glob("train_*"))[-1], time.time() - started
+    run, seconds = sorted(Path(out_dir).glob("train_*"))[-1], time.time() - started
+    record.write_text(json.dumps({"command": command[1:], "run": str(run), "seconds": seconds}), encoding="utf8")
+    return run, seconds
 
 
-def sample_subjects(base: Path, run: Path | None, motion: str, subjects, sampling: Sampling,
-                    noise_prior: float = 0.0) -> tuple[list[tuple[tuple, int, np.ndarray]], float]:
-    """((shape, colour), seed, clip) of every subject doing `motion`, with the run's temporal LoRA
-    (and its noise prior) or the bare base; and the sampling seconds."""
+def sampling_model(base: Path, run: Path | None, noise_prior: float = 0.0):
+    """(components, noise prior) to sample with: the base with the run's temporal LoRA, or bare."""
     from models.lora import TEMPORAL
-    from utils.generate import GenerationSettings, LoraRequest, NoisePrior, inverted_for, prepare_model, sample_video
+    from utils.generate import LoraRequest, NoisePrior, prepare_model
 
     loras = [LoraRequest(run / "temporal" / "lora", TEMPORAL, 1.0)] if run is not None else []
     components = prepare_model(str(base), loras, "cpu", torch.float32)
     prior = NoisePrior.from_folder(run / "cached_latents", "train with cache_latents") if noise_prior > 0 else None
+    return components, prior
+
+
+def sample_subjects(model, motion: str, subjects, sampling: Sampling,
+                    noise_prior: float = 0.0) -> tuple[list[tuple[tuple, int, np.ndarray]], float]:
+    """((shape, colour), seed, clip) of every subject doing `motion`, sampled with `model`
+    (`sampling_model`) and the noise prior; and the sampling seconds."""
+    from utils.generate import GenerationSettings, inverted_for, sample_video
+
+    components, prior = model
     started, clips = time.time(), []
     for shape, color in subjects:
         settings = GenerationSettings(prompt=world.caption(shape, color, motion), width=world.SIZE,
@@ -128,6 +151,12 @@ def sample_subjects(base: Path, run: Path | None, motion: str, subjects, samplin
             inverted = inverted_for(seed, settings, prior, components)
             clips.append(((shape, color), seed, sample_video(components, settings, seed, inverted)[0].numpy()))
     return clips, time.time() - started
+
+
+def mean_distance(clips, motion: str) -> float:
+    """Mean trajectory distance (pixels) of sampled ((shape, colour), seed, clip) to `motion`."""
+    return float(np.mean([score_clip(clip, shape, color, motion).trajectory_distance
+                          for (shape, color), _, clip in clips]))
 
 
 def score_row(name: str, motion: str, references, reference_frames: np.ndarray, clips,
@@ -152,9 +181,11 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
 
 
 def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTIONS, modes=MODES,
-                   train_seeds=(0, 1, 2), steps: int = 300, sampling: Sampling = Sampling(),
-                   variants=tuple(VARIANTS), keep_clips: bool = True) -> list[dict]:
+                   train_seeds=(0, 1, 2), steps: int = 600, sampling: Sampling = Sampling(),
+                   variants=tuple(VARIANTS), keep_clips: bool = True, overrides: tuple[str, ...] = ()) -> list[dict]:
     """Every row for every motion, mode and training seed (the base once per motion and mode).
+
+    `overrides` (config key=value, e.g. "lora_rank=32") go to every training run, after the variant's.
 
     Each row dict carries motion, mode, seed (None for the base), the scores and, when
     `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable).
@@ -170,20 +201,25 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTI
             subjects = new_subjects(references, sampling.subjects)
 
             def add(name, seed, run, train_s, noise_prior=0.0):
-                clips, sample_s = sample_subjects(base, run, motion, subjects, sampling, noise_prior)
+                model = sampling_model(base, run, noise_prior)
+                clips, sample_s = sample_subjects(model, motion, subjects, sampling, noise_prior)
                 row = score_row(name, motion, references, reference_frames, clips, train_s, sample_s)
-                row.update(motion=motion, mode=mode, seed=seed, **({"samples": clips} if keep_clips else {}))
+                # the reference subjects themselves: does the LoRA carry the motion at least for them?
+                own, _ = sample_subjects(model, motion, references, sampling, noise_prior)
+                row.update(motion=motion, mode=mode, seed=seed, reference_subject_distance=mean_distance(own, motion),
+                           **({"samples": clips} if keep_clips else {}))
                 rows.append(row)
-                logger.info("%s %s %s seed %s: distance %.2f px, fidelity %.3f, appearance %.2f, leakage %.2f",
-                            motion, mode, name, seed, row["trajectory_distance"], row["motion_fidelity"],
-                            row["appearance_accuracy"], row["leakage"])
+                logger.info("%s %s %s seed %s: distance %.2f px (reference subjects %.2f px), fidelity %.3f, "
+                            "appearance %.2f, leakage %.2f", motion, mode, name, seed, row["trajectory_distance"],
+                            row["reference_subject_distance"], row["motion_fidelity"], row["appearance_accuracy"],
+                            row["leakage"])
 
             add("base", None, None, 0.0)
             for variant in variants:
                 for seed in train_seeds:
                     run, train_s = train_motiondirector(base, motion, seed, steps,
                                                         out_dir / motion / mode / f"{variant}_seed{seed}",
-                                                        VARIANTS[variant], mode)
+                                                        (*VARIANTS[variant], *overrides), mode)
                     add(variant, seed, run, train_s)
                     if variant == "motiondirector" and mode == "single":
                         for prior in NOISE_PRIORS:
@@ -192,7 +228,7 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTI
 
 
 SCORE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
-              "train_s", "sample_s")
+              "reference_subject_distance", "train_s", "sample_s")
 
 
 def summarize_rows(rows: list[dict]) -> list[dict]:
@@ -205,7 +241,7 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
             seeds = list(dict.fromkeys(r["seed"] for r in picked))
             line = {"mode": mode, "row": name, "seeds": len([s for s in seeds if s is not None]),
                     "motions": len({r["motion"] for r in picked})}
-            for key in SCORE_KEYS:
+            for key in [k for k in SCORE_KEYS if all(k in r for r in picked)]:
                 per_seed = [np.mean([r[key] for r in picked if r["seed"] == s]) for s in seeds]
                 line[key] = float(np.mean(per_seed))
                 line[f"{key}_std"] = float(np.std(per_seed))
@@ -215,12 +251,16 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
 
 def format_table(summary: list[dict]) -> str:
     headers = ["mode", "row", "trajectory px ↓", "hit rate ↑", "motion fidelity ↑", "appearance ↑", "leakage ↓",
-               "train s", "sample s", "seeds"]
+               "reference subject px ↓", "train s", "sample s", "seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for line in summary:
         cells = [line["mode"], line["row"]]
         for key, digits in (("trajectory_distance", 2), ("motion_hit_rate", 2), ("motion_fidelity", 1),
-                            ("appearance_accuracy", 2), ("leakage", 2), ("train_s", 0), ("sample_s", 0)):
+                            ("appearance_accuracy", 2), ("leakage", 2), ("reference_subject_distance", 2),
+                            ("train_s", 0), ("sample_s", 0)):
+            if key not in line:  # rows of a run from before the column existed
+                cells.append("")
+                continue
             spread = f" ± {line[key + '_std']:.{digits}f}" if line["seeds"] > 1 and key not in ("train_s", "sample_s") else ""
             cells.append(f"{line[key]:.{digits}f}{spread}")
         cells.append(str(line["seeds"]))

@@ -90,13 +90,15 @@ class PretrainSettings:
     # decide it) 1/alpha_bar times more than epsilon-prediction does (README "Toy world").
     v_prediction: bool = False
     # Zero terminal SNR (Lin et al. 2023, implies v-prediction): at t = 999 no trace of the clip is left.
-    zero_terminal_snr: bool = False
+    # Without it a direction word's sign is never bound: the ZeroScope schedule's trace of the clip at
+    # t = 999 already tells the direction (README "Toy world"). The shipped base uses it.
+    zero_terminal_snr: bool = True
     # Binding stage, before the main stage: the fresh UNet first learns the direction words alone,
     # on the four centred directions of one subject at t >= 500 (`binding.word_specs("motion")`).
     # Binding a direction word is a saddle: on four clips the UNet leaves it after ~1000 steps, in
     # the full data not within 2500, where colour, shape and noise dominate the gradient (README
     # "Toy world", `binding`). 0 skips the stage.
-    binding_steps: int = 1600
+    binding_steps: int = 2000
     binding_min_t: int = 500
     # Of each main batch, this many are centred clips of the BINDING_SUBJECTS (four directions and
     # still) at t >= binding_min_t: without them the main stage unbound the words again (gate 50%).
