@@ -114,7 +114,9 @@ def test_original_order_gives_the_same_losses(tiny_model_dir):
         runs.append([bench.step(s) for s in seeds])
     ours, original = runs
     assert ours[1].spatial is None and ours[0].spatial is not None
+    # The two orders sum the same float32 terms differently: measured 5e-7 of the loss apart
+    # (native and ATEN_CPU_CAPABILITY=default); a real difference in the work is far larger.
     for a, b in zip(ours, original):
         assert (a.spatial is None) == (b.spatial is None)
-        assert a.spatial == pytest.approx(b.spatial, abs=1e-6)
-        assert a.temporal == pytest.approx(b.temporal, abs=1e-6)
+        assert a.spatial == pytest.approx(b.spatial, rel=1e-5, abs=0)
+        assert a.temporal == pytest.approx(b.temporal, rel=1e-5, abs=0)
