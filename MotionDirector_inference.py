@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 from models.lora import TEMPORAL
-from utils.cli import run_cli
+from utils.cli import add_sampling_arguments, prompts_from_args, run_cli, settings_from_args
 from utils.errors import UserError
-from utils.generate import (LoraRequest, add_sampling_arguments, prompts_from_args, run_generation,
-                            settings_from_args)
+from utils.inference.generate import LoraRequest, run_generation
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(.+)$")
 

@@ -2,12 +2,12 @@
 
 import sys
 
-from utils.cli import process_state, run_cli
+from utils.cli import parse_train_args, process_state, run_cli
 
 
 def main(argv: list[str]) -> None:
-    from utils.config import load_config, parse_train_args, validate_config
-    from utils.trainer import run
+    from utils.training.config import load_config, validate_config
+    from utils.training.trainer import run
 
     config_path, overrides = parse_train_args(argv)
     cfg = load_config(config_path, overrides)

@@ -22,14 +22,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 import torch
 
+from models.bases import base_for_model
 from models.lora import TEMPORAL
 from models.lora_io import find_lora_file
-from models.pipeline import check_model_folder
-from utils.checkpoints import list_checkpoints
+from utils.training.checkpoints import list_checkpoints
 from utils.cli import run_cli
-from utils.config import load_config, validate_config
+from utils.training.config import load_config, validate_config
 from utils.errors import UserError
-from utils.generate import (
+from utils.inference.generate import (
     SEED_RANGE,
     GenerationSettings,
     LoraRequest,
@@ -38,6 +38,7 @@ from utils.generate import (
     device_and_dtype,
     generate_videos,
     prepare_model,
+    with_base_defaults,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ def generate(model, motion, prompt, negative_prompt, seed, noise_prior, steps, w
         width=int(width), height=int(height), num_frames=int(frames), num_steps=int(steps),
         guidance_scale=float(guidance), seed=seed, noise_prior=float(noise_prior),
     )
-    check_settings(settings)
-    check_model_folder(model)
+    base = base_for_model(model)
+    settings = with_base_defaults(settings, base)
+    check_settings(settings, base)
     lora, cache = resolve_motion(motion)
-    prior = checked_noise_prior(settings, [seed], cache, NO_PRIOR_HINT)
+    prior = checked_noise_prior(settings, [seed], cache, NO_PRIOR_HINT, base)
     components = _pipeline(model, lora, lora.stat().st_mtime if lora else 0.0)
     (path,) = generate_videos(components, settings, prior, seeds=[seed])
     return str(path), f"seed {seed}, motion: {lora or 'none (base model)'} -> {path}"
@@ -131,7 +133,7 @@ def train(model, clip, prompt, steps, width, height, frames, output_dir="./outpu
         raise UserError("upload a training clip first")
     if not prompt or not prompt.strip():
         raise UserError("describe the training clip in the prompt")
-    from utils.trainer import run  # imports accelerate and peft: only when training
+    from utils.training.trainer import run  # imports accelerate and peft: only when training
 
     config, overrides = training_settings(model, device_and_dtype(None)[0], config)
     overrides |= {
@@ -223,11 +225,11 @@ def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blo
 def prepare_base_model(model: str) -> str:
     """The default tiny model is built on first use; any other folder must already be a pipeline."""
     if model == TINY_MODEL and not Path(model).exists():
-        from utils.tiny_model import build_tiny_pipeline
+        from utils.tools.tiny_model import build_tiny_pipeline
 
         logger.info("building the tiny offline model in %s", model)
         build_tiny_pipeline(model)
-    check_model_folder(model)
+    base_for_model(model)
     return model
 
 

@@ -5,8 +5,8 @@ DDIM inversion and sampling, on the CPU or a GPU.
     python benchmarks/benchmark.py --arch zeroscope --width 576 --height 320 --frames 16 \\
         --precision fp16 --compare "" "--gradient-checkpointing"
 
-The training step is the real `utils.train_step.train_step` (spatial and temporal forward and
-backward) plus both AdamW steps, wired as `utils.trainer` wires them. Every step is seeded with
+The training step is the real `utils.training.step.train_step` (spatial and temporal forward and
+backward) plus both AdamW steps, wired as `utils.training.trainer` wires them. Every step is seeded with
 `--seed + step`, so two setups see the same spatial-loss skips, noise and timesteps.
 `--original-order` replays the original code's per-step work instead (prompt re-encoded, both
 forwards before the backwards, non-fused AdamW) for a before/after on one machine.
@@ -46,28 +46,21 @@ for _path in (REPO, REPO / "benchmarks"):  # run as `python benchmarks/benchmark
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names  # noqa: E402
-from models.pipeline import (  # noqa: E402
-    Components,
-    PromptCache,
-    decode_video,
-    denoise,
-    encode_prompts,
-    encode_video,
-    load_components,
-)
 import estimate  # noqa: E402
-from models.unet import (  # noqa: E402
-    DEFAULT_GRANULARITY,
-    disable_gradient_checkpointing,
-    enable_gradient_checkpointing,
-    prepare_unet,
-    set_attention_backend,
+from models.bases import Components, base_for_model, load_components  # noqa: E402
+from models.checkpointing import checkpointing_paused, enable_gradient_checkpointing  # noqa: E402
+from models.lora import (  # noqa: E402
+    SPATIAL,
+    TEMPORAL,
+    adapter_parameters,
+    add_adapter,
+    lora_layers,
+    spatial_adapter_names,
 )
-from utils import train_step as ts  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.ddim import ddim_inversion  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.training import step as ts  # noqa: E402
+from utils.training.prompt_cache import PromptCache  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -75,13 +68,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LORA_DROPOUT = 0.1  # the configs' lora_unet_dropout
 LEARNING_RATE, WEIGHT_DECAY = 5e-4, 1e-2
 PROMPT = "A car is running on the road."
-
-# ZeroScope v2 576w / ModelScope T2V: the real architecture, built here with random weights.
-ZEROSCOPE_UNET, SD2_VAE = estimate.ZEROSCOPE_UNET, estimate.SD2_VAE
-CLIP_VIT_H_TEXT = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-    hidden_act="gelu", max_position_embeddings=77, projection_dim=512, vocab_size=49408, pad_token_id=0,
-)
 
 # Dense peak TFLOP/s from NVIDIA's datasheets (sparsity figures halved); the first name match wins.
 PEAK_TFLOPS = (
@@ -100,9 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model", help="diffusers text-to-video folder (e.g. a ZeroScope clone)")
-    model.add_argument("--arch", choices=("tiny", "zeroscope", "modelscope"), default="tiny",
-                       help="random weights built in code when no --model: the tiny test model or the real "
-                            "ZeroScope v2 / ModelScope architecture (one UNet; default tiny)")
+    model.add_argument("--arch", choices=("tiny", *estimate.all_archs()), default="tiny",
+                       help="random weights built in code when no --model: the tiny test model or a base's "
+                            "full-size architecture (zeroscope and modelscope share one UNet; default tiny)")
     p.add_argument("--estimate", action="store_true",
                    help="predict the GPU peak memory and FLOPs of one training step by tracing it on meta "
                         "tensors (nothing allocated, no GPU needed) instead of running it")
@@ -127,7 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as the reference figures)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA in fp32")
     p.add_argument("--gradient-checkpointing", action="store_true",
-                   help=f"recompute activations in the backward ({DEFAULT_GRANULARITY!r} granularity)")
+                   help="recompute activations in the backward (at the base's default granularity: fine for "
+                        "ZeroScope)")
     p.add_argument("--checkpointing", choices=estimate.CHECKPOINTING,
                    help="checkpointing granularity: off, per UNet block, or fine (per resnet / attention / "
                         "temporal module); overrides --gradient-checkpointing")
@@ -154,16 +141,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="time our training loop against the original code's own loop instead (the other flags "
                         "are benchmarks/vs_original.py's: --seeds, --steps, --skip, ...; see its --help)")
     args = p.parse_args(argv)
-    for name in ("width", "height"):
-        if getattr(args, name) % 8:
-            raise UserError(f"--{name} must be a multiple of 8 (the VAE downsamples by 8), got {getattr(args, name)}")
     if min(args.frames, args.steps, args.rank, args.threads) < 1 or args.warmup < 0:
         raise UserError("--frames, --steps, --rank and --threads must be >= 1 and --warmup >= 0")
     if args.grid and not args.estimate:
         raise UserError("--grid goes with --estimate")
-    args.checkpointing = args.checkpointing or (DEFAULT_GRANULARITY if args.gradient_checkpointing else "off")
+    base = bench_base(args)
+    base.check_size(args.width, args.height, "--width and --height")
+    base.check_frames(args.frames, "--frames")
+    args.checkpointing = args.checkpointing or (base.default_granularity if args.gradient_checkpointing else "off")
+    if args.checkpointing not in ("off", *base.checkpoint_granularities):
+        raise UserError(f"--checkpointing {args.checkpointing}: {base.label} takes off or "
+                        f"{', '.join(base.checkpoint_granularities)}")
     args.gradient_checkpointing = args.checkpointing != "off"
     return args
+
+
+def bench_base(args):
+    """The base of --model, or of --arch."""
+    return base_for_model(args.model) if args.model else estimate.base_of_arch(args.arch)
 
 
 def split_compare(argv: list[str]) -> tuple[list[str], tuple[str, str] | None]:
@@ -182,41 +177,19 @@ def build_components(args, device: torch.device, dtype: torch.dtype) -> Componen
     """Load `--model`, or build the `--arch` pipeline with random weights (nothing is downloaded)."""
     if args.model:
         return load_components(args.model, device, dtype)
-    from utils.tiny_model import build_tiny_pipeline
-
-    with tempfile.TemporaryDirectory(prefix="md_bench_") as tmp:
-        if args.arch == "tiny":
-            return load_components(str(build_tiny_pipeline(Path(tmp) / "tiny_t2v", seed=0)), device, dtype)
-        return _zeroscope_components(Path(tmp), device, dtype)
-
-
-def _zeroscope_components(tmp: Path, device, dtype) -> Components:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from utils.tiny_model import SCHEDULER_CONFIG, write_tokenizer
-
-    write_tokenizer(tmp / "tokenizer")  # the tiny byte-level vocab: ids fit the real embedding table
-    tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer")
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    base = estimate.base_of_arch(args.arch)
+    if args.arch == "tiny":
+        with tempfile.TemporaryDirectory(prefix="md_bench_") as tmp:
+            return load_components(str(base.build_tiny(Path(tmp) / "tiny", seed=0)), device, dtype)
     torch.manual_seed(0)
-    with torch.device(device):  # initialise on the GPU directly: minutes faster for 1.4B parameters
-        unet = prepare_unet(UNet3DConditionModel(**ZEROSCOPE_UNET))
-        vae = AutoencoderKL(**SD2_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_VIT_H_TEXT, **ids))
-    for model in (unet, vae, text_encoder):
-        model.requires_grad_(False).to(dtype)
-    vae.eval()
-    text_encoder.eval()
-    scheduler = DDIMScheduler.from_config(SCHEDULER_CONFIG)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler)
+    return base.random_components(args.arch, device, dtype)
 
 
 def load_clip(args) -> torch.Tensor:
     """(F, 3, H, W) pixels in [-1, 1]: the first --frames frames of --video, or a synthetic clip."""
-    from utils.dataset import to_pixel_values
-    from utils.synthetic import moving_shape_frames
-    from utils.video_io import read_frames, video_info
+    from utils.training.dataset import to_pixel_values
+    from utils.tools.synthetic import moving_shape_frames
+    from utils.io.video_io import read_frames, video_info
 
     if args.video is None:
         frames = moving_shape_frames(args.frames, (args.width, args.height))
@@ -297,7 +270,7 @@ class TrainBench:
     """One clip's latents, both LoRA paths and their optimisers on the UNet: what a step needs."""
 
     def __init__(self, args, components: Components, latents: torch.Tensor, device: torch.device):
-        self.args, self.c, self.unet, self.latents, self.device = args, components, components.unet, latents, device
+        self.args, self.c, self.unet, self.latents, self.device = args, components, components.denoiser, latents, device
         self.original = args.original_order
         self.reencode = args.no_prompt_cache or self.original
         self.fused = not (args.no_fused_adam or self.original)  # the trainer fuses on every device
@@ -307,25 +280,25 @@ class TrainBench:
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.spatial = spatial_adapter_names(1)[0]
         torch.manual_seed(args.seed)  # LoRA init
-        for name in (TEMPORAL, self.spatial):
-            add_adapter(self.unet, name, args.rank, LORA_DROPOUT)
+        for name, path in ((TEMPORAL, TEMPORAL), (self.spatial, SPATIAL)):
+            add_adapter(self.unet, name, components.lora_targets(path), args.rank, LORA_DROPOUT)
         params = {name: adapter_parameters(self.unet, name) for name in (TEMPORAL, self.spatial)}
         for plist in params.values():
             for p in plist:  # trainable LoRA weights stay fp32 under fp16/bf16, as in the trainer
                 p.data = p.data.float()
         self.adapters = ts.Adapters([self.spatial], params, lora_layers(self.unet), TEMPORAL)
         self.optimisers = self._make_optimisers(params)
-        self.prompts = PromptCache(components.tokenizer, components.text_encoder)
+        self.prompts = PromptCache(components)
         self.settings = ts.StepSettings()
         self.attention = self._set_attention(args.attention)
         if args.gradient_checkpointing:
-            enable_gradient_checkpointing(self.unet, args.checkpointing)
+            enable_gradient_checkpointing(self.unet, components.base.checkpoint_targets(self.unet, args.checkpointing))
         self.unet.train()
 
     def _make_optimisers(self, params):
         from diffusers.optimization import get_scheduler
 
-        from utils.trainer import Optimisers
+        from utils.training.trainer import Optimisers
 
         fused = {"fused": True} if self.fused else {}
         optimizers = {name: torch.optim.AdamW(plist, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, **fused)
@@ -339,14 +312,14 @@ class TrainBench:
 
             self.unet.set_attn_processor(AttnProcessor())
             return "eager"
-        return set_attention_backend(self.unet, xformers=kind == "xformers")
+        return self.c.base.set_attention_backend(self.unet, xformers=kind == "xformers")
 
     def compile(self) -> None:
         self.unet.compile()
 
     def embeddings(self) -> torch.Tensor:
         if self.reencode:
-            return encode_prompts(self.c.tokenizer, self.c.text_encoder, [self.args.prompt])
+            return self.c.encode_prompts([self.args.prompt])
         return self.prompts([self.args.prompt])
 
     def _backward(self, loss, retain_graph=False):
@@ -369,7 +342,7 @@ class TrainBench:
 
     def forward_backward_seeded(self) -> ts.StepLosses:
         return ts.train_step(
-            self.unet, self.c.scheduler, self.latents, self.embeddings(), self.adapters, self.spatial,
+            self.c, self.latents, self.embeddings(), self.adapters, self.spatial,
             self.settings, backward=self._backward, autocast=self.autocast,
         )
 
@@ -379,19 +352,19 @@ class TrainBench:
 
     def _original_step(self) -> ts.StepLosses:
         """The original's order, drawing the same random numbers as train_step (same losses)."""
-        latents, scheduler = self.latents, self.c.scheduler
+        latents, scheduler, base = self.latents, self.c.scheduler, self.c.base
         embeddings = self.embeddings()
         skip_spatial = random.uniform(0, 1) < ts.SPATIAL_SKIP_PROB
         noise = ts.sample_noise(latents, self.settings.use_offset_noise, self.settings.offset_noise_strength)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = ts.diffusion_target(scheduler, latents, noise, timesteps)
+        timesteps = base.draw_timesteps(scheduler, latents.shape[0], latents.device)
+        noisy = base.add_noise(scheduler, latents, noise, timesteps)
+        target = base.target(scheduler, latents, noise, timesteps)
         loss_spatial = None
         if not skip_spatial:
             self.adapters.use(active=[self.spatial], trainable=[self.spatial])
-            frame_in, frame_target = ts._spatial_sample(scheduler, noisy, target, timesteps, self.settings, None, None)
+            frame_in, frame_target = ts.spatial_sample(self.c, noisy, target, timesteps, self.settings, None)
             with self.autocast():
-                pred = self.unet(frame_in, timesteps, encoder_hidden_states=embeddings).sample
+                pred = self.c.predict(frame_in, timesteps, embeddings)
             loss_spatial = F.mse_loss(pred[:, :, 0].float(), frame_target.float())
         # The temporal forward runs while the spatial graph is alive; the spatial LoRA still
         # takes gradients from it (wasted work in the original), through clones of its weights
@@ -400,7 +373,7 @@ class TrainBench:
         self.adapters.use(active=active, trainable=active)
         with self._cloned_weights(None if skip_spatial else self.spatial):
             with self.autocast():
-                pred = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+                pred = self.c.predict(noisy, timesteps, embeddings)
             anchor = torch.randint(0, pred.shape[2], (1,)).item()
             loss_temporal = ts.temporal_loss(pred, target, anchor)
             if loss_spatial is not None:
@@ -456,10 +429,8 @@ def count_train_flops(bench: TrainBench, seeds: list[int]) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    if bench.args.gradient_checkpointing:
-        disable_gradient_checkpointing(bench.unet)
     per_kind = {}
-    try:
+    with checkpointing_paused(bench.unet):
         for seed in seeds:
             kind = spatial_skipped(seed)
             if kind not in per_kind:
@@ -468,9 +439,6 @@ def count_train_flops(bench: TrainBench, seeds: list[int]) -> int:
                     bench.forward_backward(seed)
                 bench.zero_grad()
                 per_kind[kind] = counter.get_total_flops()
-    finally:
-        if bench.args.gradient_checkpointing:
-            enable_gradient_checkpointing(bench.unet)
     return sum(per_kind[spatial_skipped(s)] for s in seeds)
 
 
@@ -478,40 +446,40 @@ def count_train_flops(bench: TrainBench, seeds: list[int]) -> int:
 
 def time_caching(components: Components, pixels: torch.Tensor, device) -> tuple[torch.Tensor, float]:
     """VAE-encode the clip (what latent caching does once per clip), after a one-frame warm-up."""
-    encode_video(components.vae, pixels[None, :1])
-    latents, seconds = timed(lambda: encode_video(components.vae, pixels[None]), device)
+    components.encode_video(pixels[None, :1])
+    latents, seconds = timed(lambda: components.encode_video(pixels[None]), device)
     return latents.float(), seconds
 
 
 def time_inversion(components: Components, latents: torch.Tensor, steps: int, device) -> float:
-    """DDIM inversion of the clip with the empty prompt, as the latent cache does (UNet without LoRA)."""
-    unet = components.unet
-    unet.eval()
-    empty = encode_prompts(components.tokenizer, components.text_encoder, [""])
-    latents = latents.to(unet.dtype)
-    ddim_inversion(unet, components.scheduler, latents, empty, 1)  # warm-up
-    _, seconds = timed(lambda: ddim_inversion(unet, components.scheduler, latents, empty, steps), device)
+    """The base's inversion of the clip with the empty prompt, as the latent cache does (no LoRA)."""
+    components.denoiser.eval()
+    empty = components.encode_prompts([""])
+    invert = components.base.invert
+    invert(components, latents, empty, 1)  # warm-up
+    _, seconds = timed(lambda: invert(components, latents, empty, steps), device)
     return seconds
 
 
 def time_sampling(bench: TrainBench, args, device) -> tuple[float, float]:
-    """One video: DDIM with guidance through the temporal LoRA, then VAE decode; (seconds, peak MB)."""
+    """One video: the base's sampler with guidance through the temporal LoRA, then VAE decode;
+    (seconds, peak MB)."""
     unet, c = bench.unet, bench.c
     unet.eval()
-    disable_gradient_checkpointing(unet)
     bench.adapters.use(active=[TEMPORAL], trainable=[])
-    cond, uncond = encode_prompts(c.tokenizer, c.text_encoder, [args.prompt, ""]).chunk(2)
+    cond, uncond = c.encode_prompts([args.prompt, ""]).chunk(2)
     torch.manual_seed(args.seed)
-    latents = torch.randn(1, 4, args.frames, args.height // 8, args.width // 8, device=device)
+    latents = torch.randn(c.base.latent_shape(1, args.frames, args.height, args.width), device=device)
 
     def sample(steps):
         with bench.autocast():
-            out = denoise(unet, c.scheduler, latents, cond, uncond, steps, args.guidance_scale)
-        return decode_video(c.vae, out)
+            out = c.base.sample(c, latents, cond, uncond, steps, args.guidance_scale)
+        return c.decode_video(out)
 
-    sample(1)  # warm-up (and compilation with --compile)
-    reset_peak_memory(device)
-    _, seconds = timed(lambda: sample(args.sample_steps), device)
+    with checkpointing_paused(unet):
+        sample(1)  # warm-up (and compilation with --compile)
+        reset_peak_memory(device)
+        _, seconds = timed(lambda: sample(args.sample_steps), device)
     return seconds, peak_memory_mb(device)
 
 
@@ -549,7 +517,7 @@ def run(args) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     load_start = os.getloadavg()[0]
     if args.arch != "tiny" and not args.model and device.type == "cpu":
-        logger.warning("--arch zeroscope on the CPU is very slow (1.4B-parameter UNet): expect minutes per step")
+        logger.warning("--arch %s on the CPU is very slow (a full-size model): expect minutes per step", args.arch)
     dtype = DTYPES[args.precision]
     seed_everything(args.seed)  # the same latents (sampled from the VAE posterior) in every setup
     components = build_components(args, device, dtype)
@@ -557,7 +525,7 @@ def run(args) -> dict:
     result = {"cache_s": None, "inversion_s": None, "sample_s_per_video": None, "sample_peak_mem_mb": None}
 
     if args.skip_caching:
-        latents = encode_video(components.vae, pixels[None]).float()
+        latents = components.encode_video(pixels[None]).float()
     else:
         latents, result["cache_s"] = time_caching(components, pixels, device)
         if not args.skip_inversion:
@@ -674,29 +642,29 @@ def run_compare(base_argv: list[str], flag_sets: tuple[str, str]) -> dict:
 
 # ---------------------------------------------------------------- --estimate
 
-def unet_config(args) -> dict:
-    if args.model:
-        from diffusers import UNet3DConditionModel
+def architecture(args) -> dict:
+    """The sizes of --model's folder or of --arch (base.architecture)."""
+    base = bench_base(args)
+    return base.folder_architecture(args.model) if args.model else base.architecture(args.arch)
 
-        return dict(UNet3DConditionModel.load_config(args.model, subfolder="unet"))
-    if args.arch == "tiny":
-        from utils.tiny_model import UNET_CONFIG
 
-        return UNET_CONFIG
-    return estimate.UNET_CONFIGS[args.arch]
+def predict(args, target: str = "cuda") -> dict:
+    base, sizes = bench_base(args), architecture(args)
+    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
+                           args.precision, args.checkpointing)
+    model = estimate.build_meta_denoiser(base, sizes["denoiser"], args.rank)
+    return estimate.estimate_denoiser(base, model, setup, sizes, target=target)
 
 
 def run_estimate(args):
     """The prediction for the setup, or {"grid": [one per setup]}."""
     if args.grid:
         if args.model or args.arch == "tiny":
-            raise UserError("--grid is for --arch zeroscope or modelscope")
+            raise UserError(f"--grid is for a full-size --arch ({', '.join(estimate.all_archs())})")
         results = estimate.grid(args.arch, args.rank)
         print_estimates(results)
         return {"grid": results}
-    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
-                           args.precision, args.checkpointing)
-    result = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup)
+    result = predict(args)
     print_estimates([result])
     return result
 
@@ -741,7 +709,7 @@ def check_estimate(args) -> dict:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     components = build_components(args, device, DTYPES[args.precision])
-    latents = encode_video(components.vae, load_clip(args).to(device, DTYPES[args.precision])[None]).float()
+    latents = components.encode_video(load_clip(args).to(device, DTYPES[args.precision])[None]).float()
     bench = TrainBench(args, components, latents, device)
     seed = next(s for s in range(args.seed, args.seed + 100) if not spatial_skipped(s))  # both losses
     bench.step(seed)  # warm-up: the AdamW state and the prompt cache exist before the measured step
@@ -749,15 +717,12 @@ def check_estimate(args) -> dict:
         measured = peak_cuda_allocations(lambda: bench.step(seed), device)
     else:
         measured = peak_cpu_allocations(lambda: bench.step(seed))
-    setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
-                           args.precision, args.checkpointing)
-    predicted = estimate.estimate_unet(estimate.build_meta_unet(unet_config(args), args.rank), setup,
-                                       target=device.type)
+    predicted = predict(args, target=device.type)
     result = {k: predicted[k] for k in ("width", "height", "frames", "rank", "precision", "checkpointing")}
-    result.update(arch=setup.arch, device=device.type, predicted_step_mb=predicted["step_above_start_bytes"] / 2**20,
+    result.update(arch=predicted["arch"], device=device.type, predicted_step_mb=predicted["step_above_start_bytes"] / 2**20,
                   measured_step_mb=measured / 2**20, load_avg_1m=round(os.getloadavg()[0], 2))
     result["measured_over_predicted"] = measured / predicted["step_above_start_bytes"]
-    print(f"{setup.arch} {args.width}x{args.height}x{args.frames}, rank {args.rank}, {args.precision}, "
+    print(f"{predicted['arch']} {args.width}x{args.height}x{args.frames}, rank {args.rank}, {args.precision}, "
           f"checkpointing {args.checkpointing}, {device.type}: memory a training step adds, predicted "
           f"{result['predicted_step_mb']:.1f} MB, measured {result['measured_step_mb']:.1f} MB "
           f"(measured/predicted {result['measured_over_predicted']:.3f})")

@@ -1,7 +1,7 @@
 """Predict the GPU memory and FLOPs of one MotionDirector training step without a GPU.
 
-The real step (`utils.train_step.train_step` on the UNet with both peft LoRA paths injected as
-the trainer injects them, frozen weights in fp16/bf16, LoRA weights in fp32, AdamW state) runs
+The real step (`utils.training.step.train_step` on the base's denoiser with both peft LoRA paths
+injected as the trainer injects them, frozen weights in fp16/bf16, LoRA weights in fp32, AdamW state) runs
 on meta tensors: shapes and dtypes propagate through the forward, the checkpoint recomputation
 and the backward, and nothing is allocated. PyTorch's `MemTracker`
 (torch.distributed._tools.mem_tracker) follows every storage to the peak and sorts it into
@@ -41,27 +41,10 @@ logger = logging.getLogger(__name__)
 
 GB = 2**30  # "GB" below is GiB, as nvidia-smi's MiB / 1024
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHECKPOINTING = ("off", "block", "fine")
+CHECKPOINTING = ("off", "block", "fine")  # "off" and every base's granularities
 LORA_DROPOUT = 0.1  # the configs' lora_unet_dropout
 MFU = 0.4  # the fraction of the datasheet peak a step is assumed to reach
 
-# ZeroScope v2 576w and ModelScope T2V 1.7B share one UNet: diffusers converts the ModelScope
-# checkpoint into `UNet3DConditionModel()` with its default config (these values; note that
-# UNet3D reads attention_head_dim=64 as 64 heads), and ZeroScope v2 is a fine-tune of it.
-ZEROSCOPE_UNET = dict(
-    sample_size=32, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
-    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
-    cross_attention_dim=1024, attention_head_dim=64,
-)
-SD2_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=768, scaling_factor=0.18215,
-)
-UNET_CONFIGS = {"zeroscope": ZEROSCOPE_UNET, "modelscope": dict(ZEROSCOPE_UNET)}
-TEXT_LEN = 77  # cached prompt embeddings: 77 CLIP tokens of the UNet's cross_attention_dim
 
 # Dense tensor-core peaks (sparsity figures halved), fp16/bf16 with fp32 accumulation, TFLOP/s.
 GPU_PEAK_TFLOPS = {
@@ -73,7 +56,7 @@ GPU_PEAK_TFLOPS = {
 
 @dataclass(frozen=True)
 class Setup:
-    arch: str = "zeroscope"
+    arch: str = "zeroscope"  # a full-size architecture of a base (`VideoBase.archs`), "tiny" or "model"
     width: int = 384
     height: int = 384
     frames: int = 16
@@ -197,19 +180,34 @@ def recompute_with_autocast_state(emulation: CudaAutocast):
 
 # ---------------------------------------------------------------- the model on meta tensors
 
-def build_meta_unet(config: dict, rank: int):
-    """The UNet with the single-frame rule and both LoRA paths, on the meta device (no memory)."""
-    from diffusers import UNet3DConditionModel
+def base_of_arch(arch: str):
+    """The base whose full-size architectures include `arch` ("tiny": ZeroScope's test model)."""
+    from models.bases import BASES
 
-    from models.lora import TEMPORAL, add_adapter, spatial_adapter_names
-    from models.unet import apply_single_frame_rule
+    if arch == "tiny":
+        return BASES["zeroscope"]
+    for base in BASES.values():
+        if arch in base.archs:
+            return base
+    raise ValueError(f"unknown arch {arch!r}; choose from {all_archs()}")
+
+
+def all_archs() -> list[str]:
+    from models.bases import BASES
+
+    return [arch for base in BASES.values() for arch in base.archs]
+
+
+def build_meta_denoiser(base, config, rank: int):
+    """The base's denoiser (as we run it) with both LoRA paths, on the meta device (no memory)."""
+    from models.lora import SPATIAL, TEMPORAL, add_adapter, spatial_adapter_names
 
     with torch.device("meta"):
-        unet = apply_single_frame_rule(UNet3DConditionModel(**config))
-    unet.requires_grad_(False)
-    for name in (TEMPORAL, spatial_adapter_names(1)[0]):
-        add_adapter(unet, name, rank, LORA_DROPOUT)
-    return unet
+        model = base.build_denoiser(config)
+    model.requires_grad_(False)
+    for name, path in ((TEMPORAL, TEMPORAL), (spatial_adapter_names(1)[0], SPATIAL)):
+        add_adapter(model, name, base.lora_targets(model, path), rank, LORA_DROPOUT)
+    return model
 
 
 def materialise(module: torch.nn.Module, dtype: torch.dtype, device="meta") -> None:
@@ -235,25 +233,25 @@ def param_bytes(params) -> int:
 class StepTracer:
     """Both LoRA paths, their AdamWs, meta latents and prompt embeddings: what `train_step` needs."""
 
-    def __init__(self, unet, setup: Setup, autocast, device="meta"):
-        from diffusers import DDIMScheduler
-
+    def __init__(self, base, unet, setup: Setup, text: tuple[int, int], autocast, device="meta"):
+        from models.bases import Components
         from models.lora import TEMPORAL, adapter_parameters, lora_layers, spatial_adapter_names
-        from utils import train_step as ts
-        from utils.tiny_model import SCHEDULER_CONFIG
+        from utils.training import step as ts
 
         self.unet, self.setup, self.ts = unet, setup, ts
+        self.components = Components(base, None, None, None, unet, base.default_scheduler())
         self.spatial = spatial_adapter_names(1)[0]
         params = {name: adapter_parameters(unet, name) for name in (TEMPORAL, self.spatial)}
         self.adapters = ts.Adapters([self.spatial], params, lora_layers(unet), TEMPORAL)
         # The trainer's fused AdamW has no meta kernel; the per-tensor AdamW keeps the same state
         # (exp_avg, exp_avg_sq, step) and its per-tensor temporaries are LoRA-sized.
         self.optimizers = [torch.optim.AdamW(p, lr=5e-4, weight_decay=1e-2, foreach=False) for p in params.values()]
-        self.scheduler = DDIMScheduler.from_config(SCHEDULER_CONFIG)
-        shape = (1, 4, setup.frames, setup.height // 8, setup.width // 8)
+        shape = base.latent_shape(1, setup.frames, setup.height, setup.width)
         self.latents = torch.randn(shape, device=device)
-        text_dim = unet.config.cross_attention_dim
-        self.embeddings = torch.randn(1, TEXT_LEN, text_dim, device=device, dtype=DTYPES[setup.precision])
+        # A base whose clip latents mix frames trains the spatial path on per-frame image latents.
+        frames = (1, base.latent_channels, setup.frames, *shape[3:])
+        self.frame_latents = None if base.frames_are_images else torch.randn(frames, device=device)
+        self.embeddings = torch.randn(1, *text, device=device, dtype=DTYPES[setup.precision])
         self.autocast = autocast
         self.before_forward = lambda: None
 
@@ -264,9 +262,9 @@ class StepTracer:
     def step(self) -> None:
         """One step with both losses (spatial not skipped: the larger step), then both AdamW steps."""
         random.seed(next(s for s in range(100) if not _skips(s)))
-        self.ts.train_step(self.unet, self.scheduler, self.latents, self.embeddings, self.adapters,
-                           self.spatial, self.ts.StepSettings(), backward=lambda loss: loss.backward(),
-                           autocast=self._autocast)
+        self.ts.train_step(self.components, self.latents, self.embeddings, self.adapters, self.spatial,
+                           self.ts.StepSettings(), backward=lambda loss: loss.backward(), autocast=self._autocast,
+                           frame_latents=self.frame_latents)
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -281,7 +279,7 @@ class StepTracer:
 
 
 def _skips(seed: int) -> bool:
-    from utils.train_step import SPATIAL_SKIP_PROB
+    from utils.training.step import SPATIAL_SKIP_PROB
 
     random.seed(seed)
     return random.uniform(0, 1) < SPATIAL_SKIP_PROB
@@ -361,55 +359,52 @@ def trace(unet, tracer: StepTracer) -> tuple[dict, FlopCount]:
     return {getattr(k, "value", k): v for k, v in peak.items()}, counter
 
 
-def set_checkpointing(unet, kind: str) -> None:
-    from models.unet import disable_gradient_checkpointing, enable_gradient_checkpointing
+def set_checkpointing(base, unet, kind: str) -> None:
+    from models.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
 
     disable_gradient_checkpointing(unet)
     if kind != "off":
-        enable_gradient_checkpointing(unet, granularity=kind)
+        enable_gradient_checkpointing(unet, base.checkpoint_targets(unet, kind))
 
 
-def estimate_unet(unet, setup: Setup, target: str = "cuda") -> dict:
-    """Trace one step of `unet` (parameters on meta) for `setup`; returns the prediction.
+def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda") -> dict:
+    """Trace one step of `unet` (parameters on meta; `sizes` = base.architecture) for `setup`;
+    returns the prediction.
 
     `target="cpu"` predicts a CPU run instead (fp32 only: the CPU's flash attention, no autocast),
     to check the predictor against a step measured on this machine.
     """
     if target == "cpu" and setup.precision != "fp32":
         raise ValueError("a CPU prediction is for fp32 runs (autocast does not act on meta tensors)")
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
     dtype = DTYPES[setup.precision]
-    unet.set_attn_processor(AttnProcessor2_0())
-    set_checkpointing(unet, setup.checkpointing)
+    base.set_attention_backend(unet)
+    set_checkpointing(base, unet, setup.checkpointing)
     unet.train()
     start = time.perf_counter()
     emulation = CudaAutocast(dtype, cuda_attention if target == "cuda" else cpu_attention)
     python_rng = random.getstate()  # the step seeds Python's RNG to pick a step with both losses
     with torch.random.fork_rng():
         materialise(unet, dtype)
-        tracer = StepTracer(unet, setup, emulation.autocast if target == "cuda" else nullcontext)
+        tracer = StepTracer(base, unet, setup, sizes["text"], emulation.autocast if target == "cuda" else nullcontext)
         with ZeroItems(), emulation, recompute_with_autocast_state(emulation):
             peak, counter = trace(unet, tracer)
     random.setstate(python_rng)
-    result = summarise(unet, setup, peak, counter, time.perf_counter() - start)
+    vae = vae_bytes(base, sizes["vae"], dtype) if setup.arch in base.archs else 0
+    result = summarise(unet, setup, peak, counter, vae, time.perf_counter() - start)
     result["step_above_start_bytes"] = peak["Total"] - tracer.state_at_start  # what the step itself adds
     return result
 
 
-def vae_bytes(dtype: torch.dtype, config: dict = SD2_VAE) -> int:
+def vae_bytes(base, config, dtype: torch.dtype) -> int:
     """The VAE stays on the GPU during training (the text encoder moves to the CPU)."""
-    from diffusers import AutoencoderKL
-
     with torch.device("meta"):
-        vae = AutoencoderKL(**config)
+        vae = base.build_vae(config)
     return sum(p.numel() for p in vae.parameters()) * dtype.itemsize
 
 
-def summarise(unet, setup: Setup, peak: dict, counter: FlopCount, seconds: float) -> dict:
+def summarise(unet, setup: Setup, peak: dict, counter: FlopCount, vae: int, seconds: float) -> dict:
     frozen = param_bytes(p for n, p in unet.named_parameters() if "lora_" not in n)
     lora = param_bytes(p for n, p in unet.named_parameters() if "lora_" in n)
-    vae = vae_bytes(DTYPES[setup.precision]) if setup.arch in UNET_CONFIGS else 0
     activations = sum(peak.get(k, 0) for k in ("Activation", "Temp", "Other", "Buffer"))
     total = peak["Total"] + vae
     result = dict(asdict(setup))
@@ -432,16 +427,17 @@ def summarise(unet, setup: Setup, peak: dict, counter: FlopCount, seconds: float
 
 
 def estimate(setup: Setup) -> dict:
-    """The prediction for one setup of a real architecture (`Setup.arch`)."""
-    if setup.arch not in UNET_CONFIGS:
-        raise ValueError(f"unknown arch {setup.arch!r}; choose from {sorted(UNET_CONFIGS)}")
-    return estimate_unet(build_meta_unet(UNET_CONFIGS[setup.arch], setup.rank), setup)
+    """The prediction for one setup of a full-size architecture (`Setup.arch`)."""
+    base = base_of_arch(setup.arch)
+    sizes = base.architecture(setup.arch)
+    return estimate_denoiser(base, build_meta_denoiser(base, sizes["denoiser"], setup.rank), setup, sizes)
 
 
 GRID_SIZES = ((384, 384, 16), (576, 320, 24), (576, 320, 16))
 
 
 def grid(arch: str, rank: int) -> list[dict]:
-    """The issue's grid: sizes x {fp16, bf16} x checkpointing {off, block, fine}."""
+    """Sizes x {fp16, bf16} x checkpointing {off and the base's granularities}."""
+    kinds = ("off", *base_of_arch(arch).checkpoint_granularities)
     return [estimate(Setup(arch, w, h, f, rank, precision, ckpt))
-            for w, h, f in GRID_SIZES for precision in ("fp16", "bf16") for ckpt in CHECKPOINTING]
+            for w, h, f in GRID_SIZES for precision in ("fp16", "bf16") for ckpt in kinds]

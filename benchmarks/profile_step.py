@@ -1,4 +1,4 @@
-"""Profile the real training loop (`utils.trainer`'s loop: data, step, optimisers, logging) on the CPU.
+"""Profile the real training loop (`utils.training.trainer`'s loop: data, step, optimisers, logging) on the CPU.
 
     python benchmarks/profile_step.py --model ../shared/compat/original_md/tiny_t2v \\
         --video ../shared/compat/original_md/train_video/car-turn-64x64-8f.mp4
@@ -7,7 +7,7 @@
 
 Models, clip and LoRA setup come from benchmark.py's flags (--model / --arch, --width, --height,
 --frames, --rank, --threads; rank 4 and 2 threads by default here); the loop is the trainer's
-own `_Loop`, with TensorBoard logging on and no checkpoint inside the profiled steps.
+own `TrainingLoop`, with TensorBoard logging on and no checkpoint inside the profiled steps.
 Prints the top operators by self CPU time (torch.profiler), or the top Python functions by
 own time (cProfile), over the profiled steps after the warm-up.
 """
@@ -32,9 +32,9 @@ for path in (REPO, REPO / "benchmarks"):
 import torch  # noqa: E402
 
 import benchmark  # noqa: E402
-from utils import trainer  # noqa: E402
+from utils.training import trainer  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.training.config import load_config  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,23 +49,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build_loop(args, run_dir: Path):
-    """The trainer's loop on benchmark.py's models and clip, as `utils.trainer.run` wires it."""
+    """The trainer's loop on benchmark.py's models and clip, as `utils.training.trainer.run` wires it."""
     device = torch.device("cpu")
     benchmark.seed_everything(args.seed)
     components = benchmark.build_components(args, device, torch.float32)
-    latents = benchmark.encode_video(components.vae, benchmark.load_clip(args)[None]).float()
+    latents = components.encode_video(benchmark.load_clip(args)[None]).float()
     total = args.warmup + 1 + args.steps  # + 1: the profiler's own warm-up step
     cfg = load_config(str(REPO / "configs" / "config_tiny_cpu.yaml"), [
         f"output_dir={run_dir}", f"lora_rank={args.rank}", f"max_train_steps={total}",
         f"checkpointing_steps={total + 1}", "validation_data.sample_preview=false", "logger_type=tensorboard",
         f"seed={args.seed}", f"gradient_checkpointing={args.gradient_checkpointing}",
     ])
-    accelerator = trainer._make_accelerator(cfg, run_dir)
-    adapters = trainer._add_adapters(cfg, components.unet, 1, None)
-    optimisers = trainer._make_optimisers(cfg, adapters)
-    trainer._prepare_unet(cfg, components.unet)
+    accelerator = trainer.make_accelerator(cfg, run_dir)
+    adapters = trainer.add_adapters(cfg, components, 1, None)
+    optimisers = trainer.make_optimisers(cfg, adapters)
+    trainer.prepare_denoiser(cfg, components)
     items = [{"latents": latents[0], "prompt": args.prompt, "index": 0}]
-    return trainer._Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
+    return trainer.TrainingLoop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
 
 
 def profile_torch(loop, args) -> str:
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="md_profile_") as tmp:
         loop = build_loop(args, Path(tmp) / "run")
-        stock_ms, cached_ms = dtype_lookup_ms(loop.c.unet)
-        modules = sum(1 for _ in loop.c.unet.modules())
+        stock_ms, cached_ms = dtype_lookup_ms(loop.c.denoiser)
+        modules = sum(1 for _ in loop.c.denoiser.modules())
         start = time.perf_counter()
         table = profile_python(loop, args) if args.python else profile_torch(loop, args)
         seconds = time.perf_counter() - start

@@ -1,37 +1,22 @@
-"""Dual-path LoRA (spatial + temporal) on a UNet3D through peft's functional API.
+"""Dual-path LoRA (spatial + temporal) on any base's denoiser, through peft's functional API.
 
-Spatial path: self-attention (attn1) and feed-forward linears of every block inside every
-Transformer2DModel. Temporal path: attn1, attn2 and feed-forward linears inside every
-TransformerTemporalModel, `transformer_in` included. Each path is one or more named peft
-adapters ("temporal", "spatial" or "spatial_<i>" for one per training video).
+Which linears each path adapts is the base's fact (`VideoBase.lora_targets`): callers pass the
+target names. Each path is one or more named peft adapters ("temporal", "spatial", or
+"spatial_<i>" for one per training video); several adapters may share a layer.
 """
 
 import warnings
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from peft import LoraConfig
 from peft.functional import inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-TEMPORAL = "temporal"
-SPATIAL = "spatial"
+from models.bases.spec import SPATIAL, TEMPORAL
+from models.fast_layers import lean_lora
 
-
-@dataclass(frozen=True)
-class PathSpec:
-    parent: type  # the block class whose linears get LoRA
-    name_keys: tuple  # a linear is targeted when its name inside the parent contains one of these
-
-
-PATHS = {
-    SPATIAL: PathSpec(Transformer2DModel, ("attn1", "ff")),
-    TEMPORAL: PathSpec(TransformerTemporalModel, ("attn1", "attn2", "ff")),
-}
+__all__ = ["SPATIAL", "TEMPORAL", "activate", "activate_fast", "adapter_names", "adapter_parameters",
+           "add_adapter", "lora_layers", "path_of", "set_scale", "set_trainable", "spatial_adapter_names"]
 
 
 def path_of(adapter_name: str) -> str:
@@ -42,43 +27,20 @@ def spatial_adapter_names(count: int) -> list[str]:
     return [SPATIAL] if count == 1 else [f"{SPATIAL}_{i}" for i in range(count)]
 
 
-def lora_target_names(unet: torch.nn.Module, path: str) -> list[str]:
-    """Full names of the linears a path adapts, in UNet registration order.
-
-    This is the order of the original's saved lists (up_blocks come before mid_block in diffusers).
-    """
-    spec = PATHS[path]
-    names = []
-    for parent_name, parent in unet.named_modules():
-        if not isinstance(parent, spec.parent):
-            continue
-        for child_name, child in parent.named_modules():
-            if _is_base_linear(child_name, child) and any(k in child_name for k in spec.name_keys):
-                names.append(f"{parent_name}.{child_name}")
-    return names
-
-
-def _is_base_linear(name: str, module: torch.nn.Module) -> bool:
-    # After injection a target is a peft wrapper around `base_layer`; report the wrapper's name once.
-    if isinstance(module, LoraLayer):
-        return True
-    return isinstance(module, torch.nn.Linear) and "lora_" not in name and "base_layer" not in name
-
-
 def add_adapter(
-    unet: torch.nn.Module,
+    model: torch.nn.Module,
     adapter_name: str,
+    targets: list[str],
     rank: int | dict[str, int],
     dropout: float = 0.0,
 ) -> None:
-    """Inject one adapter on its path's targets.
+    """Inject one adapter on the linears named `targets` (the base's targets of its path).
 
     `rank` is one int (capped per layer at min(in, out) like the original) or a per-layer dict.
     lora_alpha equals the rank so the LoRA term is scale * up(down(x)), as in the original;
     "gaussian" init is down ~ N(0, 1/r), up = 0.
     """
-    targets = lora_target_names(unet, path_of(adapter_name))
-    ranks = rank if isinstance(rank, dict) else _capped_ranks(unet, targets, rank)
+    ranks = rank if isinstance(rank, dict) else _capped_ranks(model, targets, rank)
     default_rank = max(set(ranks.values()), key=list(ranks.values()).count)
     pattern = {f"^{name}$": r for name, r in ranks.items() if r != default_rank}
     config = LoraConfig(
@@ -92,60 +54,14 @@ def add_adapter(
     )
     with warnings.catch_warnings():  # peft warns that several adapters now share the model: intended
         warnings.simplefilter("ignore", UserWarning)
-        inject_adapter_in_model(config, unet, adapter_name=adapter_name)
-    lean_lora(unet)
+        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    lean_lora(model)
     # Injecting re-activates only the new adapter; keep every adapter present usable.
-    activate(unet, adapter_names(unet))
+    activate(model, adapter_names(model))
 
 
-class LeanLoraLinear(PeftLoraLinear):
-    """peft's LoRA Linear, with a short forward for the case we run: plain LoRA, unmerged.
-
-    peft's forward spends ~30 us of Python per call on cases we never use (per-sample adapter
-    names, DoRA and other variants, merged weights) and four submodule calls; a tiny training
-    step makes ~100 such calls. This path does the same ops in the same order, minus a multiply
-    by a LoRA scale of 1 (our alpha = rank) forward and backward, so the results are
-    bit-identical (tests); anything else takes peft's own forward. It reads the weights of
-    lora_A/lora_B directly: code that patches their forward must put peft's class back first.
-    """
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or self.disable_adapters or self.merged or self.lora_variant:
-            return super().forward(x, *args, **kwargs)
-        modules = self._modules  # direct lookups: nn.Module.__getattr__ costs ~1 us each
-        base = modules["base_layer"]
-        result = F.linear(x, base.weight, base.bias) if _is_plain_linear(base) else base(x)
-        result_dtype = result.dtype
-        lora_A, lora_B, dropouts = (modules[k]._modules for k in ("lora_A", "lora_B", "lora_dropout"))
-        for name in self.active_adapters:
-            down = lora_A.get(name)
-            if down is None:
-                continue
-            if x.dtype != down.weight.dtype:
-                x = self._cast_input_dtype(x, down.weight.dtype)
-            dropout = dropouts[name]
-            hidden = F.dropout(x, dropout.p, dropout.training) if isinstance(dropout, torch.nn.Dropout) else x
-            update = F.linear(F.linear(hidden, down.weight), lora_B[name].weight)
-            scale = self.scaling[name]
-            result = result + (update if scale == 1 else update * scale)  # x * 1.0 is x: skip the op
-        return result if result.dtype == result_dtype else result.to(result_dtype)
-
-
-def _is_plain_linear(module: torch.nn.Module) -> bool:
-    """An nn.Linear whose call is exactly F.linear: no hooks, no patched forward."""
-    return (type(module) is torch.nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
-            and "forward" not in module.__dict__)
-
-
-def lean_lora(unet: torch.nn.Module) -> None:
-    """Give every peft LoRA Linear the short forward (in place; same weights and keys)."""
-    for module in unet.modules():
-        if type(module) is PeftLoraLinear:
-            module.__class__ = LeanLoraLinear
-
-
-def _capped_ranks(unet, targets, rank):
-    modules = dict(unet.named_modules())
+def _capped_ranks(model, targets, rank):
+    modules = dict(model.named_modules())
     ranks = {}
     for name in targets:
         layer = modules[name]
@@ -154,23 +70,23 @@ def _capped_ranks(unet, targets, rank):
     return ranks
 
 
-def lora_layers(unet: torch.nn.Module) -> list[LoraLayer]:
-    return [m for m in unet.modules() if isinstance(m, LoraLayer)]
+def lora_layers(model: torch.nn.Module) -> list[LoraLayer]:
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
-def adapter_names(unet: torch.nn.Module) -> list[str]:
+def adapter_names(model: torch.nn.Module) -> list[str]:
     names = set()
-    for layer in lora_layers(unet):
+    for layer in lora_layers(model):
         names.update(layer.lora_A.keys())
     return sorted(names)
 
 
-def activate(unet: torch.nn.Module, names: list[str], layers: list[LoraLayer] | None = None) -> None:
+def activate(model: torch.nn.Module, names: list[str], layers: list[LoraLayer] | None = None) -> None:
     """Make exactly `names` active (inactive adapters cost nothing in the forward).
 
     All adapters are left frozen: trainers then pick what learns with `set_trainable`.
     """
-    for layer in layers if layers is not None else lora_layers(unet):
+    for layer in layers if layers is not None else lora_layers(model):
         layer.set_adapter(list(names), inference_mode=True)
 
 
@@ -185,15 +101,15 @@ def activate_fast(layers: list[LoraLayer], names: list[str]) -> None:
         layer._active_adapter = names
 
 
-def set_scale(unet: torch.nn.Module, adapter_name: str, scale: float) -> None:
+def set_scale(model: torch.nn.Module, adapter_name: str, scale: float) -> None:
     """Multiply an adapter's LoRA term by `scale` (1 = as trained)."""
-    for layer in lora_layers(unet):
+    for layer in lora_layers(model):
         layer.set_scale(adapter_name, scale)
 
 
-def adapter_parameters(unet: torch.nn.Module, adapter_name: str) -> list[torch.nn.Parameter]:
+def adapter_parameters(model: torch.nn.Module, adapter_name: str) -> list[torch.nn.Parameter]:
     suffixes = (f".{adapter_name}.weight",)
-    return [p for n, p in unet.named_parameters() if "lora_" in n and n.endswith(suffixes)]
+    return [p for n, p in model.named_parameters() if "lora_" in n and n.endswith(suffixes)]
 
 
 def set_trainable(params_by_adapter: dict[str, list[torch.nn.Parameter]], trainable: list[str]) -> None:

@@ -16,22 +16,22 @@ from peft.functional import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.lora import add_adapter, lora_target_names, path_of
+from models.lora import add_adapter, path_of, set_scale
 from utils.errors import UserError
 
 METADATA_KEY = "lora_config"
 _FILE_RE = re.compile(r"^(?P<step>\d+|[A-Za-z0-9_-]+?)_unet(?P<ext>\.safetensors|\.pt)$")
 
 
-def adapter_state_dict(unet: torch.nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: torch.nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """The adapter's tensors with peft keys (adapter name stripped), float32 on the CPU."""
-    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def save_adapter(unet: torch.nn.Module, adapter_name: str, file: Path) -> Path:
+def save_adapter(model: torch.nn.Module, adapter_name: str, file: Path) -> Path:
     """Write one adapter as safetensors + config metadata (atomically: temp file, then rename)."""
-    state = adapter_state_dict(unet, adapter_name)
+    state = adapter_state_dict(model, adapter_name)
     ranks = {k[: -len(".lora_A.weight")]: v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
     most_common_rank = max(set(ranks.values()), key=list(ranks.values()).count)
     config = {
@@ -69,11 +69,12 @@ def find_lora_file(folder: str | Path) -> Path:
     return max(candidates, key=rank)
 
 
-def read_lora_file(file: Path, unet: torch.nn.Module, path: str) -> dict[str, torch.Tensor]:
-    """Either format -> peft-keyed state dict for the given path ("spatial" or "temporal")."""
+def read_lora_file(file: Path, targets: list[str], path: str) -> dict[str, torch.Tensor]:
+    """Either format -> peft-keyed state dict for the given path ("spatial" or "temporal"), whose
+    layers the model names `targets` (needed to map the original's unnamed list)."""
     if file.suffix == ".safetensors":
         return _read_safetensors(file)
-    return original_list_to_state_dict(_torch_load(file), unet, path, source=file)
+    return original_list_to_state_dict(_torch_load(file), targets, path, source=file)
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -91,9 +92,8 @@ def _torch_load(file: Path):
         raise UserError(f"cannot read LoRA file {file}: {err}; re-save or re-download it") from None
 
 
-def original_list_to_state_dict(tensors, unet, path: str, source="the LoRA file") -> dict[str, torch.Tensor]:
-    """Map the original's [up, down, up, down, ...] list onto the path's layers (peft keys)."""
-    targets = lora_target_names(unet, path)
+def original_list_to_state_dict(tensors, targets: list[str], path: str, source="the LoRA file") -> dict[str, torch.Tensor]:
+    """Map the original's [up, down, up, down, ...] list onto the path's layers `targets` (peft keys)."""
     if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 * len(targets):
         count = len(tensors) // 2 if isinstance(tensors, (list, tuple)) else "no"
         if isinstance(count, int) and count > len(targets) and count % len(targets) == 0:
@@ -114,39 +114,38 @@ def original_list_to_state_dict(tensors, unet, path: str, source="the LoRA file"
 
 
 def load_adapter(
-    unet: torch.nn.Module, folder_or_file: str | Path, adapter_name: str, scale: float = 1.0, dropout: float = 0.0,
-    dtype: torch.dtype | None = None,
+    model: torch.nn.Module, folder_or_file: str | Path, adapter_name: str, targets: list[str], scale: float = 1.0,
+    dropout: float = 0.0, dtype: torch.dtype | None = None,
 ) -> Path:
-    """Inject an adapter sized from the file and load its weights; returns the file used.
+    """Inject an adapter on `targets` (its path's layers), sized from the file, and load its
+    weights; returns the file used.
 
-    The weights take `dtype` (default: the UNet's). Training passes float32, so a resumed or
-    `lora_path` adapter keeps every bit of the saved weights under a half-precision UNet.
+    The weights take `dtype` (default: the model's). Training passes float32, so a resumed or
+    `lora_path` adapter keeps every bit of the saved weights under a half-precision model.
     """
     file = find_lora_file(folder_or_file)
     path = path_of(adapter_name)
-    state = read_lora_file(file, unet, path)
-    ranks = _ranks_matching_model(state, unet, path, file)
-    add_adapter(unet, adapter_name, ranks, dropout=dropout)
-    dtype = dtype or next(unet.parameters()).dtype
-    _cast_adapter(unet, adapter_name, dtype)  # before loading: peft made it in the UNet's dtype
+    state = read_lora_file(file, targets, path)
+    ranks = _ranks_matching_model(state, model, targets, path, file)
+    add_adapter(model, adapter_name, targets, ranks, dropout=dropout)
+    dtype = dtype or next(model.parameters()).dtype
+    _cast_adapter(model, adapter_name, dtype)  # before loading: peft made it in the model's dtype
     try:
-        result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
+        result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     except RuntimeError as err:  # shape mismatch inside torch
         raise UserError(f"{file} does not fit the model: {str(err).splitlines()[0]}") from None
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"{file} has layers the model lacks, e.g. {result.unexpected_keys[0]}")
-    _cast_adapter(unet, adapter_name, dtype)  # and after: loading may assign the file's tensors
+    _cast_adapter(model, adapter_name, dtype)  # and after: loading may assign the file's tensors
     if scale != 1.0:
-        from models.lora import set_scale
-
-        set_scale(unet, adapter_name, scale)
+        set_scale(model, adapter_name, scale)
     return file
 
 
-def _ranks_matching_model(state, unet, path, file) -> dict[str, int]:
+def _ranks_matching_model(state, model, targets, path, file) -> dict[str, int]:
     """Per-layer ranks read from the tensors, after checking every layer and shape fits the model."""
-    modules = dict(unet.named_modules())
-    targets = set(lora_target_names(unet, path))
+    modules = dict(model.named_modules())
+    targets = set(targets)
     ranks = {}
     for key, tensor in state.items():
         if not key.endswith(".lora_A.weight"):
@@ -170,8 +169,8 @@ def _ranks_matching_model(state, unet, path, file) -> dict[str, int]:
     return ranks
 
 
-def _cast_adapter(unet, adapter_name, dtype):
-    for n, p in unet.named_parameters():
+def _cast_adapter(model, adapter_name, dtype):
+    for n, p in model.named_parameters():
         if "lora_" in n and n.endswith(f".{adapter_name}.weight"):
             p.data = p.data.to(dtype)
 

@@ -26,7 +26,7 @@ PAGE_TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     """Four frames: one training chunk, so caching inverts one clip, not four."""
-    from utils.synthetic import make_moving_shape_video
+    from utils.tools.synthetic import make_moving_shape_video
 
     return make_moving_shape_video(tmp_path_factory.mktemp("clip") / "square.mp4", frames=4, size=64, fps=8)
 
@@ -59,7 +59,7 @@ def test_train_then_generate_with_the_trained_motion(tiny_model_dir, clip, tmp_p
 
 
 def test_train_tab_settings_fit_the_model_and_device(tiny_model_dir, tmp_path):
-    from utils.config import load_config
+    from utils.training.config import load_config
 
     assert app.training_settings(str(tiny_model_dir), "cpu") == (str(app.TINY_TRAIN_CONFIG), {"mixed_precision": "no"})
     real = tmp_path / "zeroscope"  # only the UNet config decides: 40 x 8 = 320-pixel latents
@@ -73,12 +73,12 @@ def test_train_tab_settings_fit_the_model_and_device(tiny_model_dir, tmp_path):
 
 
 def test_training_drops_the_generation_model_first(tiny_model_dir, clip, tmp_path, monkeypatch):
-    import utils.trainer
+    import utils.training.trainer
 
     _generate(tiny_model_dir, output_dir=tmp_path)
     assert app._pipeline.cache_info().currsize == 1
     held = []
-    monkeypatch.setattr(utils.trainer, "run", lambda cfg: held.append(app._pipeline.cache_info().currsize) or tmp_path)
+    monkeypatch.setattr(utils.training.trainer, "run", lambda cfg: held.append(app._pipeline.cache_info().currsize) or tmp_path)
     app.train(str(tiny_model_dir), str(clip), "A square.", 1, 64, 64, 4, output_dir=str(tmp_path))
     assert held == [0]
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.pipeline import PromptCache, encode_prompts
-from models.unet import disable_gradient_checkpointing, enable_gradient_checkpointing
+from helpers import ZEROSCOPE
+from models.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
+from utils.training.prompt_cache import PromptCache
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("benchmark", REPO / "benchmarks" / "benchmark.py")
@@ -23,7 +24,7 @@ def _bench(model_dir, *flags):
     components = benchmark.build_components(args, torch.device("cpu"), torch.float32)
     pixels = benchmark.load_clip(args)
     torch.manual_seed(0)  # the VAE samples its posterior
-    latents = benchmark.encode_video(components.vae, pixels[None]).float()
+    latents = components.encode_video(pixels[None]).float()
     bench = benchmark.TrainBench(args, components, latents, torch.device("cpu"))
     torch.manual_seed(1)
     for plist in bench.adapters.params.values():  # non-zero up weights: every path has gradients
@@ -67,11 +68,10 @@ def test_compare_flags_are_taken_out_verbatim():
 
 def test_prompt_cache_equals_reencoding(tiny_model_dir):
     bench = _bench(tiny_model_dir)
-    tok, te = bench.c.tokenizer, bench.c.text_encoder
     prompts = ["A car is running on the road.", "", "A car is running on the road."]
-    cache = PromptCache(tok, te)
+    cache = PromptCache(bench.c)
     cache(prompts[:1])
-    assert torch.equal(cache(prompts), encode_prompts(tok, te, prompts))
+    assert torch.equal(cache(prompts), bench.c.encode_prompts(prompts))
 
 
 def test_gradient_checkpointing_keeps_losses_and_grads(tiny_model_dir):
@@ -79,7 +79,7 @@ def test_gradient_checkpointing_keeps_losses_and_grads(tiny_model_dir):
     seed = _seed_without_skip()
     plain = bench.forward_backward(seed), _grads(bench)
     bench.zero_grad()
-    enable_gradient_checkpointing(bench.unet)
+    enable_gradient_checkpointing(bench.unet, ZEROSCOPE.checkpoint_targets(bench.unet, "fine"))
     checkpointed = bench.forward_backward(seed), _grads(bench)
     disable_gradient_checkpointing(bench.unet)
     assert plain[0].spatial == pytest.approx(checkpointed[0].spatial, abs=1e-6)

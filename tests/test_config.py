@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import load_config, parse_train_args, save_config, validate_config, validation_prompts
+from utils.cli import parse_train_args
+from utils.training.config import load_config, save_config, validate_config, validation_prompts
 from utils.errors import UserError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))

@@ -12,11 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import ConcatDataset
 
-from utils import synthetic, video_io
-from utils.dataset import (ImageDataset, SingleVideoDataset, VideoFolderDataset, VideoJsonDataset, bucket_size,
+from utils.io import video_io
+from utils.tools import synthetic
+from utils.training.dataset import (ImageDataset, SingleVideoDataset, VideoFolderDataset, VideoJsonDataset, bucket_size,
                            build_dataset, sample_frame_indices)
 from utils.errors import UserError
-from utils.video_io import read_frames, video_info, write_video
+from utils.io.video_io import read_frames, video_info, write_video
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COMPAT = SHARED / "compat" / "original_md"

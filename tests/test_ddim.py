@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from utils.ddim import ddim_inversion, mix_noise_prior, prepare_prior_latents
+from helpers import ddim_inversion
+from utils.inference.noise_prior import mix_noise_prior, prepare_prior_latents
 from utils.errors import UserError
-from utils.tiny_model import build_tiny_pipeline
+from utils.tools.tiny_model import build_tiny_pipeline
 
 TRAIN_PROMPT = "A car is running on the road."
 

@@ -6,7 +6,7 @@ import pytest
 
 import MotionDirector_train
 from utils.cli import run_cli
-from utils.synthetic import make_moving_shape_video
+from utils.tools.synthetic import make_moving_shape_video
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "config_tiny_cpu.yaml")
@@ -29,7 +29,13 @@ def _assert_one_line(code, err, *fragments):
 def test_not_a_diffusers_folder(capsys, tmp_path):
     (tmp_path / "model" / "unet").mkdir(parents=True)
     code, err = _train(capsys, tmp_path / "model", tmp_path / "out")
+    _assert_one_line(code, err, "not a diffusers pipeline folder", "model_index.json")
+    (tmp_path / "model" / "model_index.json").write_text('{"_class_name": "TextToVideoSDPipeline"}')
+    code, err = _train(capsys, tmp_path / "model", tmp_path / "out")
     _assert_one_line(code, err, "not a diffusers text-to-video folder", "vae/")
+    (tmp_path / "model" / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
+    code, err = _train(capsys, tmp_path / "model", tmp_path / "out")
+    _assert_one_line(code, err, "KandinskyPipeline, which no base loads", "TextToVideoSDPipeline")
     assert not (tmp_path / "out").exists()
 
 
@@ -88,8 +94,8 @@ def test_out_of_range_values(capsys, tiny_model_dir, tmp_path, override, key):
 
 def test_short_video_is_used_with_a_warning(caplog, tiny_model_dir, tmp_path):
     """Like the original, a clip shorter than n_sample_frames trains on the frames it has."""
-    from utils.dataset import build_dataset
-    from utils.config import load_config
+    from utils.training.dataset import build_dataset
+    from utils.training.config import load_config
 
     clip = make_moving_shape_video(tmp_path / "short.mp4", frames=3, size=64)
     cfg = load_config(CONFIG, [f"train_data.single_video_path={clip}", "train_data.n_sample_frames=8"])

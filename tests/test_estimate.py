@@ -12,9 +12,9 @@ from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from peft import get_peft_model_state_dict
 
+from helpers import ZEROSCOPE
+from models.checkpointing import checkpointing_paused, disable_gradient_checkpointing, enable_gradient_checkpointing
 from models.lora import TEMPORAL
-from models.unet import checkpoint_targets, disable_gradient_checkpointing, enable_gradient_checkpointing
-from utils.tiny_model import UNET_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -25,6 +25,12 @@ benchmark = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark)
 
 RANK = 4
+TINY = ZEROSCOPE.architecture("tiny")
+
+
+def _predict(setup):
+    model = estimate.build_meta_denoiser(ZEROSCOPE, TINY["denoiser"], RANK)
+    return model, estimate.estimate_denoiser(ZEROSCOPE, model, setup, TINY)
 
 
 def _tiny_setup(**overrides):
@@ -35,8 +41,7 @@ def _tiny_setup(**overrides):
 
 @pytest.fixture(scope="module")
 def tiny_fp16_prediction():
-    unet = estimate.build_meta_unet(UNET_CONFIG, RANK)
-    return unet, estimate.estimate_unet(unet, _tiny_setup())
+    return _predict(_tiny_setup())
 
 
 def test_weights_lora_and_adam_state_are_exact(tiny_fp16_prediction):
@@ -67,7 +72,7 @@ def test_traced_flops_equal_the_flops_of_a_real_cpu_step(tiny_model_dir):
     """fp32, no checkpointing: the meta trace counts what FlopCounterMode counts on real CPU tensors,
     except attention, which FlopCounterMode has no formula for on the CPU (its CPU flash kernel)."""
     setup = _tiny_setup(precision="fp32")
-    r = estimate.estimate_unet(estimate.build_meta_unet(UNET_CONFIG, RANK), setup)
+    _, r = _predict(setup)
     args = benchmark.parse_args(["--model", str(tiny_model_dir), "--device", "cpu", "--width", "32", "--height",
                                  "32", "--frames", "4", "--rank", str(RANK), "--threads", "1"])
     components = benchmark.build_components(args, torch.device("cpu"), torch.float32)
@@ -103,7 +108,7 @@ def test_checkpointing_lowers_the_predicted_activations():
     peaks = {}
     for kind in estimate.CHECKPOINTING:
         setup = _tiny_setup(checkpointing=kind, precision="fp32", width=64, height=64)
-        peaks[kind] = estimate.estimate_unet(estimate.build_meta_unet(UNET_CONFIG, RANK), setup)["predicted_peak_gb"]
+        peaks[kind] = _predict(setup)[1]["predicted_peak_gb"]
     assert peaks["fine"] < peaks["block"] < peaks["off"]
 
 
@@ -112,7 +117,7 @@ def test_estimate_cli_ends_with_the_prediction_json(capsys):
                     "--rank", "4", "--precision", "fp16", "--gradient-checkpointing"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["predicted_peak_gb"] > 0 and result["flops_per_step"] > 0
-    assert result["checkpointing"] == benchmark.DEFAULT_GRANULARITY
+    assert result["checkpointing"] == ZEROSCOPE.default_granularity
 
 
 def test_cpu_prediction_matches_the_measured_step(tiny_model_dir, capsys):
@@ -128,7 +133,7 @@ def test_modelscope_unet_is_the_diffusers_default_unet3d():
     from diffusers import UNet3DConditionModel
 
     defaults = inspect.signature(UNet3DConditionModel.__init__).parameters
-    for key, value in estimate.UNET_CONFIGS["modelscope"].items():
+    for key, value in ZEROSCOPE.architecture("modelscope")["denoiser"].items():
         if key != "sample_size":  # only the default sample size of generation; no effect on training
             assert defaults[key].default == value, key
 
@@ -166,7 +171,7 @@ def test_fine_checkpointing_gives_the_gradients_of_none(tiny_model_dir):
     peft_keys = list(get_peft_model_state_dict(bench.unet, adapter_name=TEMPORAL))
     plain = bench.forward_backward(seed), _grads(bench)
     bench.zero_grad()
-    enable_gradient_checkpointing(bench.unet, "fine")
+    enable_gradient_checkpointing(bench.unet, ZEROSCOPE.checkpoint_targets(bench.unet, "fine"))
     assert list(bench.unet.state_dict()) == keys
     assert list(get_peft_model_state_dict(bench.unet, adapter_name=TEMPORAL)) == peft_keys
     fine = bench.forward_backward(seed), _grads(bench)
@@ -179,16 +184,16 @@ def test_fine_checkpointing_gives_the_gradients_of_none(tiny_model_dir):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
 
 
-def test_checkpoint_granularity_is_remembered_and_undone(tiny_model_dir):
+def test_checkpointing_is_paused_and_restored_and_undone(tiny_model_dir):
     bench = _bench(tiny_model_dir)
     unet = bench.unet
-    fine = checkpoint_targets(unet, "fine")
+    fine = ZEROSCOPE.checkpoint_targets(unet, "fine")
     assert unet.down_blocks[0].resnets[0] in fine and unet.down_blocks[0] not in fine
-    enable_gradient_checkpointing(unet, "fine")
-    disable_gradient_checkpointing(unet)
-    assert not any("forward" in vars(m) for m in unet.modules())
-    enable_gradient_checkpointing(unet)  # as validation re-enables it: the granularity chosen before
+    enable_gradient_checkpointing(unet, fine)
+    with checkpointing_paused(unet):  # as validation samples: no recomputation, then the same modules again
+        assert not any("forward" in vars(m) for m in unet.modules())
     assert {m for m in unet.modules() if "forward" in vars(m)} == set(fine)
     disable_gradient_checkpointing(unet)
+    assert not any("forward" in vars(m) for m in unet.modules())
     with pytest.raises(ValueError, match="granularity"):
-        checkpoint_targets(unet, "layer")
+        ZEROSCOPE.checkpoint_targets(unet, "layer")

@@ -14,7 +14,7 @@ import MotionDirector_inference as single_cli
 import MotionDirector_inference_multi as multi_cli
 from models.lora import TEMPORAL, adapter_parameters, add_adapter
 from models.lora_io import save_adapter
-from models.unet import load_unet
+from models.bases.zeroscope import load_unet
 from utils.cli import run_cli
 from utils.evaluation import motion_fidelity as mf
 from utils.evaluation.clip_models import load_clip
@@ -23,8 +23,9 @@ from utils.evaluation.inputs import prompt_from_name, reference_clips, video_pro
 from utils.evaluation.pickscore import PickScorer, load_pickscore
 from utils.evaluation.report import format_table, results, summarize, write_results
 from utils.evaluation.tiny_clip import build_tiny_clip
-from utils.synthetic import make_moving_shape_video, moving_shape_frames
-from utils.video_io import write_video
+from utils.tools.synthetic import make_moving_shape_video, moving_shape_frames
+from utils.io.video_io import write_video
+from helpers import lora_targets
 
 PROMPTS = ["A car is running on the road.", "A tiger, in the forest."]
 SMALL = ["-W", "64", "-H", "64", "-T", "8", "-s", "2", "-d", "cpu"]
@@ -213,7 +214,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
     """A training run folder holding a random temporal LoRA of the tiny model."""
     run = tmp_path_factory.mktemp("runs") / "run"
     unet = load_unet(str(tiny_model_dir))
-    add_adapter(unet, TEMPORAL, rank=4)
+    add_adapter(unet, TEMPORAL, lora_targets(unet, TEMPORAL), rank=4)
     generator = torch.Generator().manual_seed(2)
     for p in adapter_parameters(unet, TEMPORAL):
         p.data = torch.randn(p.shape, generator=generator) * 0.05

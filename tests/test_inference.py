@@ -14,14 +14,13 @@ import MotionDirector_inference as single_cli
 import MotionDirector_inference_multi as multi_cli
 from models.lora import SPATIAL, TEMPORAL, activate, adapter_names, adapter_parameters, add_adapter
 from models.lora_io import load_adapter, read_lora_config, save_adapter
-from models.unet import load_unet
-from utils import convert_lora
+from models.bases.zeroscope import load_unet
+from utils.tools import convert_lora
 from utils.cli import run_cli
-from utils.ddim import mix_noise_prior
+from utils.inference.noise_prior import NoisePrior, mix_noise_prior
 from utils.errors import UserError
-from utils.generate import (
+from utils.inference.generate import (
     GenerationSettings,
-    NoisePrior,
     free_path,
     output_stem,
     prepare_model,
@@ -29,7 +28,8 @@ from utils.generate import (
     sample_video,
     share_of,
 )
-from utils.video_io import read_frames, video_info
+from utils.io.video_io import read_frames, video_info
+from helpers import ZEROSCOPE, lora_targets
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "A car is running on the road."
@@ -51,9 +51,9 @@ def one_thread():
 def _original_unet(original_md, spatial=None, temporal=None, temporal_scale=1.0):
     unet = load_unet(str(original_md / "tiny_t2v")).eval()
     if spatial:
-        load_adapter(unet, spatial, SPATIAL)
+        load_adapter(unet, spatial, SPATIAL, lora_targets(unet, SPATIAL))
     if temporal:
-        load_adapter(unet, temporal, TEMPORAL, scale=temporal_scale)
+        load_adapter(unet, temporal, TEMPORAL, lora_targets(unet, TEMPORAL), scale=temporal_scale)
     activate(unet, adapter_names(unet))
     return unet
 
@@ -132,7 +132,7 @@ def tiny_components(tiny_model_dir):
 
 def test_full_noise_prior_makes_the_video_seed_independent(tiny_components, tmp_path):
     prior = NoisePrior([_cache_file(tmp_path)])
-    inverted = prior.inverted(prior.pick(1, 8), tiny_components)
+    inverted = prior.inverted(prior.pick(1, 8, ZEROSCOPE), tiny_components)
     settings = GenerationSettings(PROMPT, width=64, height=64, num_frames=8, num_steps=2, noise_prior=1.0)
     assert torch.equal(sample_video(tiny_components, settings, 1, inverted),
                        sample_video(tiny_components, settings, 2, inverted))
@@ -146,11 +146,11 @@ def test_noise_prior_draws_only_clips_of_the_requested_length(tmp_path):
     for i, frames in enumerate((8, 8, 4)):
         torch.save({"latents": torch.zeros(4, frames, 8, 8)}, tmp_path / f"cached_{i}.pt")
     prior = NoisePrior.from_folder(tmp_path, "fix it")
-    assert {prior.pick(seed, 8).name for seed in range(200)} == {"cached_0.pt", "cached_1.pt"}
-    assert prior.pick(3, 8) == prior.pick(3, 8)  # seeded
-    assert {prior.pick(seed, 4).name for seed in range(20)} == {"cached_2.pt"}
+    assert {prior.pick(seed, 8, ZEROSCOPE).name for seed in range(200)} == {"cached_0.pt", "cached_1.pt"}
+    assert prior.pick(3, 8, ZEROSCOPE) == prior.pick(3, 8, ZEROSCOPE)  # seeded
+    assert {prior.pick(seed, 4, ZEROSCOPE).name for seed in range(20)} == {"cached_2.pt"}
     with pytest.raises(UserError, match="no cached training clip has 6 frames.*they have 4, 8"):
-        prior.pick(0, 6)
+        prior.pick(0, 6, ZEROSCOPE)
 
 
 def test_missing_inversion_is_computed_once_and_written_back(tiny_components, tmp_path, monkeypatch):
@@ -159,26 +159,26 @@ def test_missing_inversion_is_computed_once_and_written_back(tiny_components, tm
     assert inverted.shape == (4, 2, 8, 8)
     assert torch.equal(torch.load(file)["inversion_noise"], inverted)
     assert not list(tmp_path.glob("*.tmp"))
-    import utils.generate
+    import utils.inference.noise_prior
 
-    monkeypatch.setattr(utils.generate, "invert_clip", lambda *a: pytest.fail("inverted twice"))
+    monkeypatch.setattr(utils.inference.noise_prior, "invert_clip", lambda *a: pytest.fail("inverted twice"))
     assert torch.equal(NoisePrior([file]).inverted(file, tiny_components), inverted)
 
 
 def test_seeds_names_and_process_shares(tmp_path, monkeypatch):
-    import utils.generate
+    import utils.inference.generate
 
     assert repeat_seeds(7, 3) == [7, 8, 9]
     assert all(100 <= s <= 10_000_000 for s in repeat_seeds(None, 5))
     shares = [share_of(5, rank, 2) for rank in range(2)]
     assert shares == [[0, 2, 4], [1, 3]]
     # prompts x seeds are dealt out as pairs: three prompts with one seed keep two processes busy
-    from utils.generate import my_jobs
+    from utils.inference.generate import my_jobs
 
     for rank, expected in ((0, {0: [0], 2: [0]}), (1, {1: [0]})):
-        monkeypatch.setattr(utils.generate, "process_state", lambda r=rank: SimpleNamespace(process_index=r, num_processes=2))
+        monkeypatch.setattr(utils.inference.generate, "process_state", lambda r=rank: SimpleNamespace(process_index=r, num_processes=2))
         assert my_jobs(3, 1) == expected
-    monkeypatch.setattr(utils.generate, "process_state", lambda: SimpleNamespace(process_index=1, num_processes=2))
+    monkeypatch.setattr(utils.inference.generate, "process_state", lambda: SimpleNamespace(process_index=1, num_processes=2))
     assert my_jobs(2, 3) == {0: [1], 1: [0, 2]}  # pairs (0,0) (0,1) (0,2) (1,0) (1,1) (1,2): odd ones
     assert output_stem("A tank, in the desert.") == "A_tank_in_the_desert"
     assert output_stem("a/b") == "a_b"
@@ -202,7 +202,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "train_2024-01-01T00-00-00"
     unet = load_unet(str(tiny_model_dir))
     for name, seed in ((SPATIAL, 1), (TEMPORAL, 2)):
-        add_adapter(unet, name, rank=4)
+        add_adapter(unet, name, lora_targets(unet, name), rank=4)
         _randomize(unet, name, seed)
         for root in (run / "checkpoint-2", run):
             save_adapter(unet, name, root / name / "lora" / "2_unet.safetensors")

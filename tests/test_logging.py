@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import load_config
+from utils.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "config_tiny_cpu.yaml"
@@ -14,7 +14,7 @@ EXPECTED_TAGS = {"loss_spatial", "loss_temporal", "lr_temporal", "lr_spatial", "
 
 
 def _train(model_dir, out_dir, **extra) -> Path:
-    from utils.trainer import run
+    from utils.training.trainer import run
 
     values = {
         "pretrained_model_path": model_dir,

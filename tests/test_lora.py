@@ -11,12 +11,12 @@ from models.lora import (
     activate,
     adapter_parameters,
     add_adapter,
-    lora_target_names,
     set_scale,
 )
 from models.lora_io import load_adapter, read_lora_config, save_adapter
-from models.unet import load_unet
+from models.bases.zeroscope import load_unet
 from utils.errors import UserError
+from helpers import lora_targets
 
 
 def _unet_out(unet, latents, ehs, t=500):
@@ -32,7 +32,7 @@ def reference(original_md):
 def test_target_layers_equal_the_originals(original_md, reference):
     unet = load_unet(str(original_md / "tiny_t2v"))
     lists = reference["lora_module_lists"]
-    spatial, temporal = lora_target_names(unet, SPATIAL), lora_target_names(unet, TEMPORAL)
+    spatial, temporal = lora_targets(unet, SPATIAL), lora_targets(unet, TEMPORAL)
     assert (len(spatial), len(temporal)) == (24, 50)
     assert spatial == [row["module"] for row in lists["Transformer2DModel"]]
     assert temporal == [row["module"] for row in lists["TransformerTemporalModel"]]
@@ -40,7 +40,7 @@ def test_target_layers_equal_the_originals(original_md, reference):
 
 def test_target_layers_exclude_cross_attention_and_projections(tiny_model_dir):
     unet = load_unet(str(tiny_model_dir))
-    spatial, temporal = lora_target_names(unet, SPATIAL), lora_target_names(unet, TEMPORAL)
+    spatial, temporal = lora_targets(unet, SPATIAL), lora_targets(unet, TEMPORAL)
     assert not any(".attn2." in n or "proj_in" in n or "proj_out" in n for n in spatial)
     assert any(n.startswith("transformer_in.") for n in temporal)
     assert any(".attn2." in n for n in temporal)
@@ -88,10 +88,10 @@ def test_single_frame_rule_skips_every_temporal_layer(tiny_model_dir):
 def test_lora_init_and_rank_cap(tiny_model_dir):
     unet = load_unet(str(tiny_model_dir))
     torch.manual_seed(0)
-    add_adapter(unet, TEMPORAL, rank=48, dropout=0.1)  # above some layers' width: capped per layer
+    add_adapter(unet, TEMPORAL, lora_targets(unet, TEMPORAL), rank=48, dropout=0.1)  # above some layers' width: capped per layer
     modules = dict(unet.named_modules())
     ranks = set()
-    for name in lora_target_names(unet, TEMPORAL):
+    for name in lora_targets(unet, TEMPORAL):
         layer = modules[name]
         down, up = layer.lora_A[TEMPORAL].weight, layer.lora_B[TEMPORAL].weight
         base = layer.get_base_layer()
@@ -110,8 +110,8 @@ def test_fresh_adapter_changes_nothing_until_trained(tiny_model_dir):
     torch.manual_seed(0)
     latents, ehs = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 77, 32)
     before = _unet_out(unet, latents, ehs)
-    add_adapter(unet, TEMPORAL, rank=4)
-    add_adapter(unet, SPATIAL, rank=4)
+    add_adapter(unet, TEMPORAL, lora_targets(unet, TEMPORAL), rank=4)
+    add_adapter(unet, SPATIAL, lora_targets(unet, SPATIAL), rank=4)
     assert torch.equal(before, _unet_out(unet, latents, ehs))
 
 
@@ -124,7 +124,7 @@ def _randomize(unet, name, seed):
 def test_save_load_round_trip_gives_identical_outputs(tiny_model_dir, tmp_path):
     unet = load_unet(str(tiny_model_dir)).eval()
     for name, seed in ((TEMPORAL, 1), (SPATIAL, 2)):
-        add_adapter(unet, name, rank=4)
+        add_adapter(unet, name, lora_targets(unet, name), rank=4)
         _randomize(unet, name, seed)
         save_adapter(unet, name, tmp_path / name / "lora" / "7_unet.safetensors")
     activate(unet, [SPATIAL, TEMPORAL])
@@ -134,8 +134,8 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model_dir, tmp_path):
     expected = _unet_out(unet, latents, ehs)
 
     reloaded = load_unet(str(tiny_model_dir)).eval()
-    load_adapter(reloaded, tmp_path / TEMPORAL / "lora", TEMPORAL, scale=0.5)
-    load_adapter(reloaded, tmp_path / SPATIAL / "lora", SPATIAL)
+    load_adapter(reloaded, tmp_path / TEMPORAL / "lora", TEMPORAL, lora_targets(reloaded, TEMPORAL), scale=0.5)
+    load_adapter(reloaded, tmp_path / SPATIAL / "lora", SPATIAL, lora_targets(reloaded, SPATIAL))
     activate(reloaded, [SPATIAL, TEMPORAL])
     assert torch.equal(expected, _unet_out(reloaded, latents, ehs))
     config = read_lora_config(tmp_path / TEMPORAL / "lora" / "7_unet.safetensors")
@@ -146,37 +146,38 @@ def test_original_checkpoint_into_wrong_model_is_a_clear_error(original_md, tiny
     # An original spatial list file (24 layers) offered as the temporal path (50 layers).
     unet = load_unet(str(tiny_model_dir))
     with pytest.raises(UserError, match="24 LoRA layers but the model's temporal path has 50"):
-        load_adapter(unet, original_md / "checkpoint-4/spatial/lora", TEMPORAL)
+        load_adapter(unet, original_md / "checkpoint-4/spatial/lora", TEMPORAL, lora_targets(unet, TEMPORAL))
 
 
 def test_safetensors_with_wrong_shapes_is_a_clear_error(tiny_model_dir, tmp_path):
     from safetensors.torch import save_file
 
     unet = load_unet(str(tiny_model_dir))
-    name = lora_target_names(unet, TEMPORAL)[0]
+    name = lora_targets(unet, TEMPORAL)[0]
     state = {}
-    for target in lora_target_names(unet, TEMPORAL):
+    for target in lora_targets(unet, TEMPORAL):
         state[f"{target}.lora_A.weight"] = torch.zeros(4, 32)
         state[f"{target}.lora_B.weight"] = torch.zeros(32, 4)
     state[f"{name}.lora_A.weight"] = torch.zeros(4, 48)
     save_file(state, str(tmp_path / "1_unet.safetensors"))
     with pytest.raises(UserError, match="wrong base model"):
-        load_adapter(unet, tmp_path, TEMPORAL)
+        load_adapter(unet, tmp_path, TEMPORAL, lora_targets(unet, TEMPORAL))
 
 
 def test_empty_lora_folder_lists_its_contents(tiny_model_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="notes.txt"):
-        load_adapter(load_unet(str(tiny_model_dir)), tmp_path, TEMPORAL)
+        unet = load_unet(str(tiny_model_dir))
+        load_adapter(unet, tmp_path, TEMPORAL, lora_targets(unet, TEMPORAL))
 
 
 def test_interleaved_multi_clip_spatial_file_is_refused_with_a_reason(tiny_model_dir):
     from models.lora_io import original_list_to_state_dict
 
     unet = load_unet(str(tiny_model_dir))
-    layers = len(lora_target_names(unet, SPATIAL))
+    layers = len(lora_targets(unet, SPATIAL))
     two_clips = [torch.zeros(1)] * (2 * 2 * layers)
     with pytest.raises(UserError, match="holds 2 LoRAs per spatial layer.*2-clip run"):
-        original_list_to_state_dict(two_clips, unet, SPATIAL)
+        original_list_to_state_dict(two_clips, lora_targets(unet, SPATIAL), SPATIAL)
     with pytest.raises(UserError, match="another base model"):
-        original_list_to_state_dict([torch.zeros(1)] * 6, unet, SPATIAL)
+        original_list_to_state_dict([torch.zeros(1)] * 6, lora_targets(unet, SPATIAL), SPATIAL)

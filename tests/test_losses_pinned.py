@@ -1,6 +1,6 @@
 """A short seeded training run gives the losses and final adapters recorded before the step was made leaner.
 
-The speed-ups in utils/trainer.py and utils/train_step.py (issue 13) must not change the work:
+The speed-ups in utils/training/trainer.py and utils/training/step.py (issue 13) must not change the work:
 these values were computed by the code before them. Re-record them (run this file as a script:
 `python tests/test_losses_pinned.py`) only for a change that is meant to alter training.
 """
@@ -41,8 +41,8 @@ SUM_TOL_PER_ABS = 5e-6
 
 
 def _train(model_dir: Path, out_dir: Path) -> Path:
-    from utils.config import load_config
-    from utils.trainer import run
+    from utils.training.config import load_config
+    from utils.training.trainer import run
 
     overrides = [f"pretrained_model_path={model_dir}", f"output_dir={out_dir}", f"train_data.single_video_path={CLIP}",
                  "train_data.n_sample_frames=4", "train_data.frame_step=4", "validation_data.sample_preview=false",
@@ -93,7 +93,7 @@ if __name__ == "__main__":  # print the values to pin
 
     sys.path.insert(0, str(REPO))
     torch.set_num_threads(1)
-    from utils.tiny_model import build_tiny_pipeline
+    from utils.tools.tiny_model import build_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = _train(build_tiny_pipeline(Path(tmp) / "tiny_t2v", seed=0), Path(tmp) / "out")

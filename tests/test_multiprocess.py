@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 from models.lora import SPATIAL, TEMPORAL
 from models.lora_io import load_adapter
-from models.unet import load_unet
-from utils.checkpoints import STATE_FILE
-from utils.config import load_config
-from utils.synthetic import make_moving_shape_video
+from models.bases.zeroscope import load_unet
+from utils.training.checkpoints import STATE_FILE
+from utils.training.config import load_config
+from utils.tools.synthetic import make_moving_shape_video
+from helpers import lora_targets
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "config_tiny_cpu.yaml"
@@ -49,10 +50,10 @@ import hashlib, json, os, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 import MotionDirector_train
-from utils import trainer
+from utils.training import trainer
 from utils.cli import run_cli
 
-_train = trainer._Loop.train
+_train = trainer.TrainingLoop.train
 
 def train_and_record(self, start_step):
     _train(self, start_step)
@@ -66,7 +67,7 @@ def train_and_record(self, start_step):
     out = Path(os.environ["MD_PROBE_DIR"]) / f"rank{{self.acc.process_index}}.json"
     out.write_text(json.dumps(record))
 
-trainer._Loop.train = train_and_record
+trainer.TrainingLoop.train = train_and_record
 sys.exit(run_cli(MotionDirector_train.main))
 """
 
@@ -144,7 +145,7 @@ def test_two_processes_draw_their_own_noise_and_resume_exactly(tiny_model_dir, t
     process's step (their averaged gradient would then equal it: the 2-process run would end where
     the single-process run ends). Each process's RNG is checkpointed: resumed at step 4 with two
     processes, steps 5-8 end where the uninterrupted 2-process run ended."""
-    from utils.trainer import run
+    from utils.training.trainer import run
 
     settings = {"max_train_steps": 8, "checkpointing_steps": 4, "validation_steps": 8}
     single = run(load_config(str(CONFIG), _overrides(tiny_model_dir, tmp_path / "single", **settings)))
@@ -211,7 +212,7 @@ def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
     unet = load_unet(str(tiny_model_dir))
     for folder, name in ((run_dir / "temporal/lora", TEMPORAL), (run_dir / "spatial/lora", SPATIAL),
                          (run_dir / "spatial/lora_video1", f"{SPATIAL}_1")):
-        load_adapter(unet, folder, name)
+        load_adapter(unet, folder, name, lora_targets(unet, name))
         ups = [t for k, t in load_file(next(folder.glob("*.safetensors"))).items() if "lora_B" in k]
         assert ups and all(t.abs().max() > 0 for t in ups), f"{folder} did not train (up weights still zero)"
 
@@ -235,5 +236,5 @@ def _untrained_run(model_dir: Path, run_dir: Path) -> None:
     from models.lora_io import save_adapter
 
     unet = load_unet(str(model_dir))
-    add_adapter(unet, TEMPORAL, 4, 0.0)
+    add_adapter(unet, TEMPORAL, lora_targets(unet, TEMPORAL), 4, 0.0)
     save_adapter(unet, TEMPORAL, run_dir / "temporal" / "lora" / "1_unet.safetensors")

@@ -5,18 +5,21 @@ import torch
 from diffusers import UNet3DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from models.unet import CachedDtypeUNet3D, LeanAttention, cache_dtype, load_unet
+from models.bases.zeroscope import load_unet
+from models.fast_layers import CachedDtype, LeanAttention, cache_dtype
+from helpers import ZEROSCOPE, lora_targets
 
 
 def test_cached_dtype_is_the_stock_dtype_and_follows_casts(tiny_model_dir):
     unet = load_unet(str(tiny_model_dir))
-    assert type(unet) is CachedDtypeUNet3D and isinstance(unet, UNet3DConditionModel)
+    assert isinstance(unet, CachedDtype) and isinstance(unet, UNet3DConditionModel)
     assert unet.dtype == UNet3DConditionModel.dtype.fget(unet) == torch.float32
     unet.to(torch.bfloat16)
     assert unet.dtype == torch.bfloat16
     unet.float()
     assert unet.dtype == torch.float32
-    assert cache_dtype(unet) is unet and type(unet) is CachedDtypeUNet3D  # idempotent
+    cls = type(unet)
+    assert cache_dtype(unet) is unet and type(unet) is cls  # idempotent
 
 
 def test_cached_dtype_leaves_weights_and_outputs_unchanged(tiny_model_dir):
@@ -34,13 +37,14 @@ def test_cached_dtype_leaves_weights_and_outputs_unchanged(tiny_model_dir):
 
 
 def test_prompt_cache_keeps_embeddings_on_the_training_device(tiny_model_dir):
-    from models.pipeline import PromptCache, encode_prompts, load_components
+    from models.bases import load_components
+    from utils.training.prompt_cache import PromptCache
 
     c = load_components(str(tiny_model_dir), torch.device("cpu"), torch.float32)
-    expected = encode_prompts(c.tokenizer, c.text_encoder, ["a car", "a dog"])
-    on_cpu = PromptCache(c.tokenizer, c.text_encoder)
+    expected = c.encode_prompts(["a car", "a dog"])
+    on_cpu = PromptCache(c)
     assert torch.equal(on_cpu(["a car", "a dog"]), expected)
-    on_meta = PromptCache(c.tokenizer, c.text_encoder, torch.device("meta"))  # stands in for a GPU
+    on_meta = PromptCache(c, torch.device("meta"))  # stands in for a GPU
     out = on_meta(["a dog", "a dog"])
     assert out.device.type == "meta" and out.shape == (2, *expected.shape[1:])
     assert on_meta._cache["a dog"].device.type == "meta"  # stored there once, not copied per call
@@ -84,13 +88,14 @@ def test_lean_attention_passes_extra_kwargs_through_the_stock_filter(tiny_model_
 def test_lean_lora_linear_is_bit_identical_to_peft(tiny_model_dir):
     from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-    from models.lora import LeanLoraLinear, activate, add_adapter, lora_layers
+    from models.fast_layers import LeanLoraLinear
+    from models.lora import activate, add_adapter, lora_layers
 
     unets = [load_unet(str(tiny_model_dir)) for _ in range(2)]
     for unet in unets:
         torch.manual_seed(0)
-        add_adapter(unet, "temporal", 4, dropout=0.1)
-        add_adapter(unet, "spatial", 4, dropout=0.1)
+        add_adapter(unet, "temporal", lora_targets(unet, "temporal"), 4, dropout=0.1)
+        add_adapter(unet, "spatial", lora_targets(unet, "spatial"), 4, dropout=0.1)
         for layer in lora_layers(unet):  # non-zero up weights, so the LoRA term counts
             for up in layer.lora_B.values():
                 torch.nn.init.normal_(up.weight, std=0.1)
@@ -117,7 +122,7 @@ def test_lean_lora_linear_falls_back_to_peft_when_merged(tiny_model_dir):
     from models.lora import add_adapter, lora_layers
 
     unet = load_unet(str(tiny_model_dir))
-    add_adapter(unet, "temporal", 4)
+    add_adapter(unet, "temporal", lora_targets(unet, "temporal"), 4)
     layer = lora_layers(unet)[0]
     torch.nn.init.normal_(layer.lora_B["temporal"].weight, std=0.1)
     x = torch.randn(3, layer.in_features)
@@ -130,10 +135,10 @@ def test_lean_lora_linear_falls_back_to_peft_when_merged(tiny_model_dir):
 def test_lean_sdpa_processor_gives_the_stock_outputs_and_gradients(tiny_model_dir):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from models.unet import LeanSdpaProcessor, set_attention_backend
+    from models.fast_layers import LeanSdpaProcessor
 
     unets = [load_unet(str(tiny_model_dir)) for _ in range(2)]
-    assert set_attention_backend(unets[0]) == "sdpa"
+    assert ZEROSCOPE.set_attention_backend(unets[0]) == "sdpa"
     assert all(type(p) is LeanSdpaProcessor for p in unets[0].attn_processors.values())
     unets[1].set_attn_processor(AttnProcessor2_0())
     torch.manual_seed(0)
@@ -152,7 +157,7 @@ def test_lean_sdpa_processor_gives_the_stock_outputs_and_gradients(tiny_model_di
 def test_lean_sdpa_processor_takes_the_stock_path_outside_the_plain_case(tiny_model_dir):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from models.unet import LeanSdpaProcessor
+    from models.fast_layers import LeanSdpaProcessor
 
     attention = next(m for m in load_unet(str(tiny_model_dir)).modules() if isinstance(m, Attention))
     hidden = torch.randn(2, 16, attention.query_dim)

@@ -68,7 +68,7 @@ def test_shape_vote_ties_go_to_the_better_fit_in_any_order():
 
 
 def test_mp4_round_trip_keeps_the_reading(tmp_path):
-    from utils.video_io import read_frames
+    from utils.io.video_io import read_frames
 
     spec = world.ClipSpec("triangle", "green", "down", (30.0, 15.0))
     path = world.write_clip(spec, tmp_path)
@@ -80,7 +80,7 @@ def test_mp4_round_trip_keeps_the_reading(tmp_path):
 
 def test_bundled_reference_clips_match_the_generator(tmp_path):
     from utils.toy_world.evaluate import parse_caption
-    from utils.video_io import read_frames
+    from utils.io.video_io import read_frames
 
     bundled = REPO / "test_data" / "toy_world"
     fresh = world.write_reference_clips(tmp_path)
@@ -128,7 +128,7 @@ def test_summarize_counts():
 
 
 def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
-    from models.pipeline import load_components
+    from models.bases import load_components
     from utils.toy_world.pretrain import PretrainSettings, pretrain
 
     settings = PretrainSettings(vae_steps=1, vae_batch=2, binding_steps=1, unet_steps=1, unet_batch=2, rehearsal_per_batch=1,
@@ -227,8 +227,8 @@ def _shipped_or_skip() -> Path:
 
 def test_shipped_base_samples_the_prompts_subject_and_motion():
     """Through the project's sampler, one subject in every base motion (the gate, on 5 clips)."""
-    from models.pipeline import load_components
-    from utils.generate import GenerationSettings, sample_video
+    from models.bases import load_components
+    from utils.inference.generate import GenerationSettings, sample_video
 
     components = load_components(str(_shipped_or_skip()))
     motions_right = 0

@@ -14,12 +14,13 @@ from safetensors.torch import load_file
 import MotionDirector_train
 from models.lora import SPATIAL, TEMPORAL, activate
 from models.lora_io import load_adapter
-from models.unet import load_unet
-from utils.checkpoints import STATE_FILE
+from models.bases.zeroscope import load_unet
+from utils.training.checkpoints import STATE_FILE
 from utils.cli import run_cli
-from utils.config import load_config
+from utils.training.config import load_config
 from utils.errors import UserError
-from utils.video_io import video_info
+from utils.io.video_io import video_info
+from helpers import lora_targets
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "test_data" / "moving_square" / "moving_square.mp4"
@@ -44,7 +45,7 @@ def _overrides(model_dir, out_dir, **extra):
 
 
 def _train(model_dir, out_dir, **extra) -> Path:
-    from utils.trainer import run
+    from utils.training.trainer import run
 
     cfg = load_config(str(REPO / "configs" / "config_tiny_cpu.yaml"), _overrides(model_dir, out_dir, **extra))
     return run(cfg)
@@ -98,13 +99,13 @@ def test_trained_adapters_reload_and_change_the_output(trained_run, tiny_model_d
     unet = load_unet(str(tiny_model_dir)).eval()
     with torch.no_grad():
         plain = unet(latents, 500, encoder_hidden_states=ehs).sample
-        load_adapter(unet, trained_run / "temporal" / "lora", TEMPORAL)
-        load_adapter(unet, trained_run / "spatial" / "lora", SPATIAL)
+        load_adapter(unet, trained_run / "temporal" / "lora", TEMPORAL, lora_targets(unet, TEMPORAL))
+        load_adapter(unet, trained_run / "spatial" / "lora", SPATIAL, lora_targets(unet, SPATIAL))
         activate(unet, [SPATIAL, TEMPORAL])
         first = unet(latents, 500, encoder_hidden_states=ehs).sample
         again = load_unet(str(tiny_model_dir)).eval()
-        load_adapter(again, trained_run / "checkpoint-4" / "temporal" / "lora", TEMPORAL)
-        load_adapter(again, trained_run / "checkpoint-4" / "spatial" / "lora", SPATIAL)
+        load_adapter(again, trained_run / "checkpoint-4" / "temporal" / "lora", TEMPORAL, lora_targets(again, TEMPORAL))
+        load_adapter(again, trained_run / "checkpoint-4" / "spatial" / "lora", SPATIAL, lora_targets(again, SPATIAL))
         activate(again, [SPATIAL, TEMPORAL])
         second = again(latents, 500, encoder_hidden_states=ehs).sample
     assert (first - plain).abs().max() > 1e-6
@@ -124,8 +125,8 @@ def test_resumed_run_ends_with_the_same_adapters(tiny_model_dir, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
-    import utils.trainer as trainer
-    from utils.train_step import StepLosses
+    import utils.training.trainer as trainer
+    from utils.training.step import StepLosses
 
     real_step, calls = trainer.train_step, []
 
@@ -163,8 +164,8 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, tmp_path):
         state = torch.load(checkpoint / STATE_FILE, weights_only=False)
         assert state["step"] == int(checkpoint.name.split("-")[1])
         unet = load_unet(str(tiny_model_dir))
-        load_adapter(unet, checkpoint / "temporal" / "lora", TEMPORAL)
-        load_adapter(unet, checkpoint / "spatial" / "lora", SPATIAL)
+        load_adapter(unet, checkpoint / "temporal" / "lora", TEMPORAL, lora_targets(unet, TEMPORAL))
+        load_adapter(unet, checkpoint / "spatial" / "lora", SPATIAL, lora_targets(unet, SPATIAL))
     assert not list(run_dir.glob(".checkpoint-*"))
 
 
@@ -196,7 +197,7 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
 def test_image_config_trains_only_the_spatial_path_with_flips(tiny_model_dir, tmp_path, capsys):
     """An image is a 16-frame still clip, as in the original: its cached latents and inversion have
     16 frames, so a noise prior from an image run samples the default 16 frames."""
-    from utils.trainer import run
+    from utils.training.trainer import run
     import MotionDirector_inference_multi as multi_cli
 
     overrides = [

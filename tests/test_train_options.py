@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 
 from models.lora import SPATIAL, TEMPORAL, add_adapter, adapter_parameters, lora_layers
 from models.lora_io import save_adapter
-from models.pipeline import encode_video, load_components
-from models.unet import load_unet
-from utils.checkpoints import STATE_FILE
-from utils.config import load_config
+from models.bases import load_components
+from models.bases.zeroscope import load_unet
+from utils.training.checkpoints import STATE_FILE
+from utils.training.config import load_config
 from utils.errors import UserError
-from utils.synthetic import make_moving_shape_video
-from utils import trainer
+from utils.tools.synthetic import make_moving_shape_video
+from utils.training import trainer
+from helpers import ZEROSCOPE, ddim_inversion, lora_targets
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "config_tiny_cpu.yaml"
@@ -65,14 +66,14 @@ def test_lr_schedulers_step_as_the_original(tiny_model_dir, tmp_path):
 # ----------------------------------------------------------------------------- validation
 
 def test_validation_spatial_scale_applies_to_every_spatial_lora(tiny_model_dir, tmp_path, monkeypatch):
-    import utils.validation as validation
-    from utils.train_step import Adapters
+    import utils.training.validation as validation
+    from utils.training.step import Adapters
 
     components = load_components(str(tiny_model_dir))
-    unet = components.unet
+    unet = components.denoiser
     names = ["spatial_0", "spatial_1"]
     for name in [*names, TEMPORAL]:
-        add_adapter(unet, name, 4)
+        add_adapter(unet, name, lora_targets(unet, name), 4)
     adapters = Adapters(names, {n: adapter_parameters(unet, n) for n in [*names, TEMPORAL]}, lora_layers(unet))
     seen = {}
 
@@ -100,24 +101,24 @@ def test_lora_path_without_adapters_is_an_error(tiny_model_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     cfg = _config(tiny_model_dir, tmp_path / "out", lora_path=tmp_path / "empty", train_temporal_lora=False)
     with pytest.raises(UserError, match="lora_path: .*spatial/lora not found"):
-        trainer._add_adapters(cfg, load_unet(str(tiny_model_dir)), 1, None)
+        trainer.add_adapters(cfg, load_components(str(tiny_model_dir)), 1, None)
 
 
 def test_every_spatial_lora_starts_from_lora_path(tiny_model_dir, tmp_path):
     unet = load_unet(str(tiny_model_dir))
     for name, seed in ((SPATIAL, 1), (TEMPORAL, 2)):
-        add_adapter(unet, name, 4)
+        add_adapter(unet, name, lora_targets(unet, name), 4)
         generator = torch.Generator().manual_seed(seed)
         for p in adapter_parameters(unet, name):
             p.data = torch.randn(p.shape, generator=generator)
         save_adapter(unet, name, tmp_path / "prev" / name / "lora" / "5_unet.safetensors")
     saved = load_file(tmp_path / "prev" / SPATIAL / "lora" / "5_unet.safetensors")
     cfg = _config(tiny_model_dir, tmp_path / "out", lora_path=tmp_path / "prev", single_spatial_lora=False)
-    fresh = load_unet(str(tiny_model_dir))
-    adapters = trainer._add_adapters(cfg, fresh, 2, None)
+    fresh = load_components(str(tiny_model_dir))
+    adapters = trainer.add_adapters(cfg, fresh, 2, None)
     assert adapters.spatial == ["spatial_0", "spatial_1"]
     for name in adapters.spatial:
-        loaded = {n: p for n, p in fresh.named_parameters() if n.endswith(f".{name}.weight")}
+        loaded = {n: p for n, p in fresh.denoiser.named_parameters() if n.endswith(f".{name}.weight")}
         assert len(loaded) == len(saved)
         for key, value in saved.items():
             assert torch.equal(loaded[key.replace(".weight", f".{name}.weight")], value)
@@ -198,28 +199,30 @@ def test_max_grad_norm_clips_each_path_before_its_step():
 
 
 def test_batch_size_above_one_warns(tiny_model_dir, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="utils.trainer"):
+    with caplog.at_level(logging.WARNING, logger="utils.training.trainer"):
         trainer.run(_config(tiny_model_dir, tmp_path, train_batch_size=2, max_train_steps=1, max_grad_norm=1.0))
     assert "each step trains on one clip" in caplog.text
 
 
 # ----------------------------------------------------------------------------- memory at real sizes
 
-def test_vae_encodes_in_chunks_with_the_same_draw(tiny_model_dir):
-    vae = load_components(str(tiny_model_dir)).vae
+def test_vae_encodes_in_chunks_with_the_same_draw(tiny_model_dir, monkeypatch):
+    from models.bases import unet_base
+
+    components = load_components(str(tiny_model_dir))
     pixels = torch.rand(1, 10, 3, 64, 64) * 2 - 1
+    monkeypatch.setattr(unet_base, "FRAMES_PER_VAE_CHUNK", 10)
     torch.manual_seed(0)
-    whole = encode_video(vae, pixels, frames_per_chunk=10)
+    whole = components.encode_video(pixels)
+    monkeypatch.setattr(unet_base, "FRAMES_PER_VAE_CHUNK", 3)
     torch.manual_seed(0)
-    chunked = encode_video(vae, pixels, frames_per_chunk=3)
+    chunked = components.encode_video(pixels)
     assert chunked.shape == (1, 4, 10, 8, 8)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
 def test_inversion_keeps_float32_latents_under_a_half_precision_unet():
     from diffusers import DDIMScheduler
-
-    from utils.ddim import ddim_inversion
 
     class HalfUNet(torch.nn.Module):
         dtype = torch.bfloat16
@@ -254,7 +257,7 @@ def test_rescaled_schedule_reaches_every_copy_of_the_scheduler(tiny_model_dir):
     base = load_components(str(tiny_model_dir)).scheduler
     sqrt_bar = base.alphas_cumprod.sqrt()
     expected = ((sqrt_bar - sqrt_bar[-1]) * sqrt_bar[0] / (sqrt_bar[0] - sqrt_bar[-1])) ** 2
-    copy = DDIMScheduler.from_config(trainer.zero_terminal_snr(base).config)
+    copy = DDIMScheduler.from_config(ZEROSCOPE.training_scheduler(base, rescale_schedule=True).config)
     torch.testing.assert_close(copy.alphas_cumprod, expected, rtol=1e-5, atol=1e-6)
     assert copy.alphas_cumprod[-1] == 0
 
@@ -273,14 +276,14 @@ def test_coupled_tuning_trains_the_temporal_lora_alone(tiny_model_dir, tmp_path)
 
 
 def test_nothing_to_train_is_a_config_error(tiny_model_dir, tmp_path):
-    from utils.config import validate_config
+    from utils.training.config import validate_config
 
     with pytest.raises(UserError, match="train_spatial_lora"):
         validate_config(_config(tiny_model_dir, tmp_path / "out", train_spatial_lora=False, train_temporal_lora=False))
 
 
 def test_temporal_loss_without_the_debiased_term_is_the_plain_mse():
-    from utils.train_step import temporal_loss
+    from utils.training.step import temporal_loss
 
     torch.manual_seed(0)
     pred, target = torch.randn(1, 4, 3, 2, 2), torch.randn(1, 4, 3, 2, 2)
@@ -292,7 +295,7 @@ def test_temporal_loss_without_the_debiased_term_is_the_plain_mse():
 
 
 def test_debias_switch_reaches_the_training_step(tiny_model_dir, tmp_path, monkeypatch):
-    from utils import train_step as ts
+    from utils.training import step as ts
 
     seen = []
     real = ts.temporal_loss

@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names
-from models.unet import enable_gradient_checkpointing, load_unet
-from utils import train_step as ts
+from helpers import ZEROSCOPE, lora_targets
+from models.bases import Components
+from models.bases.zeroscope import load_unet
+from models.checkpointing import enable_gradient_checkpointing
+from utils.training import step as ts
 
 
 def test_appearance_debiased_loss_by_hand():
@@ -39,7 +42,7 @@ def test_v_prediction_target():
     latents, noise, t = torch.randn(1, 4, 2, 3, 3), torch.randn(1, 4, 2, 3, 3), torch.tensor([300])
     a = scheduler.alphas_cumprod[300]
     expected = a.sqrt() * noise - (1 - a).sqrt() * latents
-    assert torch.allclose(ts.diffusion_target(scheduler, latents, noise, t), expected, atol=1e-6)
+    assert torch.allclose(ZEROSCOPE.target(scheduler, latents, noise, t), expected, atol=1e-6)
 
 
 @pytest.fixture()
@@ -48,7 +51,7 @@ def setup(tiny_model_dir):
     unet = load_unet(str(tiny_model_dir)).train()
     spatial = spatial_adapter_names(2)
     for name in [TEMPORAL, *spatial]:
-        add_adapter(unet, name, rank=4, dropout=0.0)
+        add_adapter(unet, name, lora_targets(unet, name), rank=4, dropout=0.0)
         for p in adapter_parameters(unet, name):  # non-zero up weights so every path has gradients
             p.data = torch.randn_like(p) * 0.05
     params = {n: adapter_parameters(unet, n) for n in [TEMPORAL, *spatial]}
@@ -65,7 +68,8 @@ def _run(setup, settings, spatial_name="spatial_1", seed=0):
             p.grad = None
     random.seed(seed)
     torch.manual_seed(seed)
-    losses = ts.train_step(unet, scheduler, latents, ehs, adapters, spatial_name, settings,
+    components = Components(ZEROSCOPE, None, None, None, unet, scheduler)
+    losses = ts.train_step(components, latents, ehs, adapters, spatial_name, settings,
                            backward=lambda loss: loss.backward(), autocast=nullcontext)
     grads = {n: [None if p.grad is None else p.grad.clone() for p in ps] for n, ps in adapters.params.items()}
     return losses, grads
@@ -150,7 +154,7 @@ def test_optimiser_steps_change_only_trained_adapters(setup):
 def test_gradient_checkpointing_gives_the_same_gradients(setup):
     seed = _seed_without_skip()
     losses, grads = _run(setup, ts.StepSettings(), seed=seed)
-    enable_gradient_checkpointing(setup[0])
+    enable_gradient_checkpointing(setup[0], ZEROSCOPE.checkpoint_targets(setup[0], "fine"))
     losses_ckpt, grads_ckpt = _run(setup, ts.StepSettings(), seed=seed)
     assert losses_ckpt.temporal == pytest.approx(losses.temporal, rel=1e-6)
     assert losses_ckpt.spatial == pytest.approx(losses.spatial, rel=1e-6)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from utils.cli import run_cli
-from utils.config import load_config, validate_config
+from utils.training.config import load_config, validate_config
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_run_config_is_the_harness_run_config(original_md, tmp_path):
 
 def test_step_time_is_read_from_the_tensorboard_events_of_a_2_step_run(tiny_model_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    from utils.trainer import run
+    from utils.training.trainer import run
 
     overrides = [f"pretrained_model_path={tiny_model_dir}", f"output_dir={tmp_path}",
                  f"train_data.single_video_path={REPO / 'test_data/moving_square/moving_square.mp4'}",

@@ -2,7 +2,7 @@
 
 Prompts come from `--prompts` (a text file, one prompt a line, or a JSON object mapping file
 names to prompts) or from the names the inference scripts write: `<prompt>_<seed>.mp4`, with
-`_b<j>` for batch items and `_<n>` when a file of that name existed (utils/generate.py).
+`_b<j>` for batch items and `_<n>` when a file of that name existed (utils/inference/generate.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import UserError
-from utils.generate import output_stem
-from utils.prompts_file import read_prompts_file
-from utils.video_io import read_frames, video_info
+from utils.inference.generate import output_stem
+from utils.io.prompts_file import read_prompts_file
+from utils.io.video_io import read_frames, video_info
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def find_videos(spec: str, flag: str = "--videos") -> list[Path]:
 
 
 def read_video(path: Path) -> np.ndarray:
-    """All frames, uint8 (F, H, W, 3); a broken file is a UserError (utils/video_io.py)."""
+    """All frames, uint8 (F, H, W, 3); a broken file is a UserError (utils/io/video_io.py)."""
     return read_frames(path, range(video_info(path).num_frames))
 
 
@@ -130,8 +130,8 @@ def training_clips(run: Path) -> list[np.ndarray]:
     Read through the run's config.yaml, so its data paths must still be valid from here.
     Image datasets are left out: they carry no motion.
     """
-    from utils.config import load_config
-    from utils.dataset import build_dataset
+    from utils.training.config import load_config
+    from utils.training.dataset import build_dataset
 
     config = load_config(str(run / "config.yaml"))
     video_types = [t for t in config.dataset_types if t != "image"]

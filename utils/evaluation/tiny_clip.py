@@ -3,7 +3,7 @@
     python -m utils.evaluation.tiny_clip OUT_DIR [--seed N]
 
 It loads like a real one (`CLIPModel.from_pretrained`, `CLIPProcessor.from_pretrained`), offline.
-The tokenizer is the tiny pipeline's hand-made byte-level CLIP tokenizer (utils/tiny_model.py).
+The tokenizer is the tiny pipelines' hand-made byte-level CLIP tokenizer (models/bases/tiny_parts.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from utils.tiny_model import write_tokenizer
+from models.bases.tiny_parts import write_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     out = Path(out_dir)
-    write_tokenizer(out)
+    write_clip_tokenizer(out)
     vocab_size = len(json.loads((out / "vocab.json").read_text(encoding="utf-8")))
     text = dict(TOWER, vocab_size=vocab_size, max_position_embeddings=77, pad_token_id=0,
                 bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1)

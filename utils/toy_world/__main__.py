@@ -64,7 +64,7 @@ def _score(args) -> None:
 
     from utils.toy_world.evaluate import parse_caption
     from utils.toy_world.score import score_clip, summarize
-    from utils.video_io import read_frames, video_info
+    from utils.io.video_io import read_frames, video_info
 
     scores = []
     for path in args.videos:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from utils.toy_world import world
-from utils.train_step import diffusion_target
+from utils.toy_world.base_parts import UNET_CONFIG, caption_embeddings, clip_latents, diffusion_target
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ def encode_clips(model_dir: Path, specs: list[world.ClipSpec]) -> tuple[torch.Te
     """Scaled VAE latents (N, 4, F, h, w) of the clips and their caption states (N, 77, D)."""
     from diffusers import AutoencoderKL
 
-    from utils.toy_world.pretrain import caption_embeddings, clip_latents
-
     vae = AutoencoderKL.from_pretrained(model_dir / "vae").eval()
     return clip_latents(vae, specs), caption_embeddings(model_dir, [s.caption for s in specs])[: len(specs)]
 
@@ -80,8 +78,6 @@ def binding(model_dir: str | Path, word: str = "motion", steps: int = 400, every
             lr: float = 1e-3, seed: int = 0, repeats: int = 8) -> list[dict]:
     """Train a fresh UNet on the clips of `word_specs(word)`; the swap ratios every `every` steps."""
     from diffusers import DDPMScheduler, UNet3DConditionModel
-
-    from utils.toy_world.pretrain import UNET_CONFIG
 
     model_dir = Path(model_dir)
     latents, context = encode_clips(model_dir, word_specs(word))

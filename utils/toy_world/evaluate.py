@@ -3,7 +3,7 @@
     report = evaluate(model_dir, combos, samples_per_prompt=2, num_steps=25, guidance_scale=4.0)
 
 Each prompt is sampled once with batch `samples_per_prompt` (seed = the prompt's index), through
-`utils.generate.sample_video`, the very sampler the inference scripts use.
+`utils.inference.generate.sample_video`, the very sampler the inference scripts use.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def parse_caption(text: str) -> tuple[str, str, str]:
 def sample_prompt(components, prompt: str, seed: int, count: int, num_steps: int,
                   guidance_scale: float) -> np.ndarray:
     """uint8 (count, F, H, W, 3) clips for `prompt`, from the project's sampler."""
-    from utils.generate import GenerationSettings, sample_video
+    from utils.inference.generate import GenerationSettings, sample_video
 
     settings = GenerationSettings(prompt=prompt, batch_size=count, width=world.SIZE, height=world.SIZE,
                                   num_frames=world.FRAMES, num_steps=num_steps, guidance_scale=guidance_scale)
@@ -45,8 +45,8 @@ def sample_prompt(components, prompt: str, seed: int, count: int, num_steps: int
 def evaluate(model_dir: str | Path, combos: list[tuple[str, str, str]], samples_per_prompt: int = 2,
              num_steps: int = 25, guidance_scale: float = 4.0, video_dir: str | Path | None = None) -> dict:
     """Sample every (shape, colour, motion) prompt and score it; optionally write the clips."""
-    from models.pipeline import load_components
-    from utils.video_io import write_video
+    from models.bases import load_components
+    from utils.io.video_io import write_video
 
     components = load_components(str(model_dir))
     scores: list[ClipScore] = []
@@ -82,13 +82,13 @@ def _noised_world_clips(model_dir: str | Path, combos, seed: int):
     model's schedule, a seeded generator for the noise): what both probes start from."""
     from diffusers import DDPMScheduler
 
-    from models.pipeline import encode_video, load_components
+    from models.bases import load_components
 
     components = load_components(str(model_dir))
     clips = np.stack([world.render(world.centered_spec(*c)) for c in combos])
     pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     torch.manual_seed(seed)
-    latents = encode_video(components.vae, pixels)
+    latents = components.encode_video(pixels)
     scheduler = DDPMScheduler.from_config(components.scheduler.config)
     return components, latents, scheduler, torch.Generator().manual_seed(seed)
 
@@ -101,8 +101,7 @@ def caption_reliance(model_dir: str | Path, timesteps=(200, 500, 800), seed: int
     the loss when the motion, colour or shape word is swapped for another: a part the model
     ignores leaves the loss unchanged (ratio 1.0).
     """
-    from models.pipeline import encode_prompts
-    from utils.train_step import diffusion_target
+    from utils.toy_world.base_parts import diffusion_target
 
     combos = combos or world.all_combinations(world.BASE_MOTIONS)
     components, latents, scheduler, generator = _noised_world_clips(model_dir, combos, seed)
@@ -115,8 +114,7 @@ def caption_reliance(model_dir: str | Path, timesteps=(200, 500, 800), seed: int
         losses = {}
         for part, swap in [("true", None), *SWAPS.items()]:
             prompts = [world.caption(*(swap(*c) if swap else c)) for c in combos]
-            context = encode_prompts(components.tokenizer, components.text_encoder, prompts)
-            pred = components.unet(noisy, steps, encoder_hidden_states=context).sample
+            pred = components.predict(noisy, steps, components.encode_prompts(prompts))
             losses[part] = float(((pred - target) ** 2).mean())
         report[t] = {part: round(loss / losses["true"], 3) for part, loss in losses.items() if part != "true"}
     return report
@@ -130,17 +128,15 @@ def order_use(model_dir: str | Path, timesteps=(200, 500, 800, 950), seed: int =
     every base motion: 0 means the UNet treats the clip as an unordered set of frames (its
     temporal attention alone is blind to order; only the temporal convs can see it).
     """
-    from models.pipeline import encode_prompts
-
     combos = [("circle", "red", m) for m in world.BASE_MOTIONS]
     components, latents, scheduler, generator = _noised_world_clips(model_dir, combos, seed)
-    context = encode_prompts(components.tokenizer, components.text_encoder, [world.caption(*c) for c in combos])
+    context = components.encode_prompts([world.caption(*c) for c in combos])
     reverse = torch.arange(latents.shape[2] - 1, -1, -1)
     report = {}
     for t in timesteps:
         noisy = scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), torch.tensor([t]))
-        out = components.unet(noisy, t, encoder_hidden_states=context).sample
-        out_reversed = components.unet(noisy[:, :, reverse], t, encoder_hidden_states=context).sample
+        out = components.predict(noisy, t, context)
+        out_reversed = components.predict(noisy[:, :, reverse], t, context)
         spread = (out - out.mean(2, keepdim=True)).norm()
         report[t] = round(float((out[:, :, reverse] - out_reversed).norm() / spread), 3)
     return report
@@ -171,7 +167,7 @@ def conditional_layout(model_dir: str | Path, prompts: list[str], timestep: int 
     decoded, and read by `contrast_centroids`: {prompt: (F, 2) centroids}. Two prompts whose
     layouts are the same cannot be told apart where sampling fixes the layout.
     """
-    from models.pipeline import decode_video, encode_prompts, load_components
+    from models.bases import load_components
 
     components = load_components(str(model_dir))
     scheduler = components.scheduler
@@ -179,17 +175,17 @@ def conditional_layout(model_dir: str | Path, prompts: list[str], timestep: int 
     noise = torch.randn(seeds, 4, world.FRAMES, world.SIZE // 8, world.SIZE // 8,
                         generator=torch.Generator().manual_seed(0))
     steps = torch.full((seeds,), timestep)
-    states = encode_prompts(components.tokenizer, components.text_encoder, [*prompts, ""])
-    empty = components.unet(noise, steps, encoder_hidden_states=states[-1:].expand(seeds, -1, -1)).sample
+    states = components.encode_prompts([*prompts, ""])
+    empty = components.predict(noise, steps, states[-1:].expand(seeds, -1, -1))
     layouts = {}
     for index, prompt in enumerate(prompts):
-        cond = components.unet(noise, steps, encoder_hidden_states=states[index : index + 1].expand(seeds, -1, -1)).sample
+        cond = components.predict(noise, steps, states[index : index + 1].expand(seeds, -1, -1))
         out = empty + guidance_scale * (cond - empty)
         # from v directly, not through the noise: under zero terminal SNR alpha is 0 at t = 999
         if scheduler.config.prediction_type == "v_prediction":
             clean = alpha.sqrt() * noise - (1 - alpha).sqrt() * out
         else:
             clean = (noise - (1 - alpha).sqrt() * out) / alpha.sqrt()
-        frames = decode_video(components.vae, clean.mean(0, keepdim=True))[0].numpy()
+        frames = components.decode_video(clean.mean(0, keepdim=True))[0].numpy()
         layouts[prompt] = contrast_centroids(frames)
     return layouts

@@ -127,7 +127,8 @@ def train_motiondirector(base: Path, motion: str, seed: int, steps: int, out_dir
 def sampling_model(base: Path, run: Path | None, noise_prior: float = 0.0):
     """(components, noise prior) to sample with: the base with the run's temporal LoRA, or bare."""
     from models.lora import TEMPORAL
-    from utils.generate import LoraRequest, NoisePrior, prepare_model
+    from utils.inference.generate import LoraRequest, prepare_model
+    from utils.inference.noise_prior import NoisePrior
 
     loras = [LoraRequest(run / "temporal" / "lora", TEMPORAL, 1.0)] if run is not None else []
     components = prepare_model(str(base), loras, "cpu", torch.float32)
@@ -139,7 +140,7 @@ def sample_subjects(model, motion: str, subjects, sampling: Sampling,
                     noise_prior: float = 0.0) -> tuple[list[tuple[tuple, int, np.ndarray]], float]:
     """((shape, colour), seed, clip) of every subject doing `motion`, sampled with `model`
     (`sampling_model`) and the noise prior; and the sampling seconds."""
-    from utils.generate import GenerationSettings, inverted_for, sample_video
+    from utils.inference.generate import GenerationSettings, inverted_for, sample_video
 
     components, prior = model
     started, clips = time.time(), []

@@ -222,8 +222,8 @@ def sample_specs(per_combination: int, seed: int, motions=BASE_MOTIONS,
 
 def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS) -> Path:
     """Write `<stem>.mp4` and its `<stem>.txt` caption (what MotionDirector's folder dataset reads)."""
-    from utils.synthetic import write_caption
-    from utils.video_io import write_video
+    from utils.tools.synthetic import write_caption
+    from utils.io.video_io import write_video
 
     path = write_video(Path(folder) / f"{spec.stem}.mp4", render(spec), fps)
     write_caption(path, spec.caption)

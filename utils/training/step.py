@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from models.lora import TEMPORAL, activate_fast, set_trainable
-from models.pipeline import encode_video
 
 SPATIAL_SKIP_PROB = 0.2  # the original skips the spatial loss on 20% of steps
 AD_BETA = 1.0  # appearance-debiased loss: beta = 1, alpha = sqrt(beta^2 + 1)
@@ -61,15 +60,6 @@ def sample_noise(latents: torch.Tensor, offset: bool, strength: float) -> torch.
     return noise
 
 
-def diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
-
-
 def appearance_debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int) -> torch.Tensor:
     """MSE between alpha*x - beta*x[anchor frame] for prediction and target (paper, eq. 5)."""
     alpha = (AD_BETA**2 + 1) ** 0.5
@@ -84,8 +74,7 @@ def temporal_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, debias:
 
 
 def train_step(
-    unet,
-    scheduler,
+    components,
     latents: torch.Tensor,
     text_embeddings: torch.Tensor,
     adapters: Adapters,
@@ -93,29 +82,31 @@ def train_step(
     settings: StepSettings,
     backward,
     autocast,
-    vae=None,
     pixel_values: torch.Tensor | None = None,
+    frame_latents: torch.Tensor | None = None,
 ) -> StepLosses:
     """Forward and backward of both losses for one batch; optimiser steps are the caller's.
 
-    `backward(loss)` runs the backward pass (accelerate / grad-scaler aware), `autocast()` is the
-    mixed-precision context. `vae` and `pixel_values` are needed only for horizontal flips.
+    `components` gives the base, its denoiser and the training scheduler. `backward(loss)` runs
+    the backward pass (accelerate / grad-scaler aware), `autocast()` is the mixed-precision
+    context. `pixel_values` are needed only for horizontal flips; `frame_latents` (B, C, F, h, w)
+    are the clip's frames encoded one by one, for bases whose clip latents mix frames.
     """
+    base, scheduler = components.base, components.scheduler
     skip_spatial = settings.train_temporal and random.uniform(0, 1) < SPATIAL_SKIP_PROB
     skip_spatial = skip_spatial or not settings.train_spatial
     noise = sample_noise(latents, settings.use_offset_noise, settings.offset_noise_strength)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = diffusion_target(scheduler, latents, noise, timesteps)
+    timesteps = base.draw_timesteps(scheduler, latents.shape[0], latents.device)
+    noisy = base.add_noise(scheduler, latents, noise, timesteps)
+    target = base.target(scheduler, latents, noise, timesteps)
 
     loss_spatial = None
     if not skip_spatial:
         adapters.use(active=[spatial_adapter], trainable=[spatial_adapter])
-        frame_in, frame_target = _spatial_sample(
-            scheduler, noisy, target, timesteps, settings, vae, pixel_values
-        )
+        frame_in, frame_target = spatial_sample(components, noisy, target, timesteps, settings, pixel_values,
+                                                frame_latents)
         with autocast():
-            pred = unet(frame_in, timesteps, encoder_hidden_states=text_embeddings).sample
+            pred = components.predict(frame_in, timesteps, text_embeddings)
         loss_spatial = F.mse_loss(pred[:, :, 0].float(), frame_target.float())
         backward(loss_spatial * settings.loss_scale)
 
@@ -124,7 +115,7 @@ def train_step(
         active = [adapters.temporal] + ([] if skip_spatial else [spatial_adapter])
         adapters.use(active=active, trainable=[adapters.temporal])
         with autocast():
-            pred = unet(noisy, timesteps, encoder_hidden_states=text_embeddings).sample
+            pred = components.predict(noisy, timesteps, text_embeddings)
         anchor = torch.randint(0, pred.shape[2], (1,)).item()
         loss_temporal = temporal_loss(pred, target, anchor, settings.appearance_debias)
         backward(loss_temporal * settings.loss_scale)
@@ -135,18 +126,24 @@ def train_step(
     )
 
 
-def _spatial_sample(scheduler, noisy, target, timesteps, settings, vae, pixel_values):
+def spatial_sample(components, noisy, target, timesteps, settings, pixel_values, frame_latents=None):
     """One random frame as a one-frame clip, or (with prob. random_hflip_img) that frame flipped.
 
-    A flipped frame is re-encoded and re-noised with the same timestep. Unlike the original, the
-    flipped target follows the scheduler's prediction type (the original always used the noise).
+    For a base whose clip latents are per-frame, the frame is sliced from the noised clip (the
+    original's sample); otherwise its image latent (`frame_latents`) is noised with fresh noise
+    at the same timestep. A flipped frame is re-encoded and re-noised the same way. Unlike the
+    original, the flipped target follows the base's target (the original always used the noise).
     """
-    frame = torch.randint(0, noisy.shape[2], (1,)).item()
+    base, scheduler = components.base, components.scheduler
+    frames = noisy.shape[2] if base.frames_are_images else frame_latents.shape[2]
+    frame = torch.randint(0, frames, (1,)).item()
     flip = random.uniform(0, 1) < settings.random_hflip_img
-    if not flip or pixel_values is None:
+    if flip and pixel_values is not None:
+        clean = components.encode_frames(pixel_values[:, frame : frame + 1].flip(-1)).to(noisy.dtype)
+    elif base.frames_are_images:
         return noisy[:, :, frame : frame + 1], target[:, :, frame]
-    flipped = pixel_values[:, frame : frame + 1].flip(-1)
-    latents = encode_video(vae, flipped).to(noisy.dtype)
-    noise = sample_noise(latents, settings.use_offset_noise, settings.offset_noise_strength)
-    frame_in = scheduler.add_noise(latents, noise, timesteps)
-    return frame_in, diffusion_target(scheduler, latents, noise, timesteps)[:, :, 0]
+    else:
+        clean = frame_latents[:, :, frame : frame + 1].to(noisy.dtype)
+    noise = sample_noise(clean, settings.use_offset_noise, settings.offset_noise_strength)
+    frame_in = base.add_noise(scheduler, clean, noise, timesteps)
+    return frame_in, base.target(scheduler, clean, noise, timesteps)[:, :, 0]

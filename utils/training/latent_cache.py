@@ -1,9 +1,10 @@
 """Latents (and DDIM inversion noise) encoded once before training, in the original's file layout.
 
 `cached_latents/cached_<i>.pt` holds the clip's batch dict with the batch dimension stripped:
-`latents` (4, F, h, w), `prompt_ids`, `text_prompt`, `dataset`, `inversion_noise` when the
-validation noise prior is > 0, and `pixel_values` when horizontal flips need them. Folders written
-by the original code load too.
+`latents` (C, f, h, w), `prompt_ids`, `text_prompt`, `dataset`, `inversion_noise` when the
+validation noise prior is > 0, `pixel_values` when horizontal flips need them, and
+`frame_latents` (C, F, h, w: each frame encoded alone) for a base whose VAE mixes frames.
+Folders written by the original code load too.
 """
 
 import logging
@@ -14,12 +15,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from models.pipeline import encode_prompts, encode_video, tokenize
-from utils.ddim import ddim_inversion
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
-INVERSION_STEPS = 50
 _CACHE_RE = re.compile(r"^cached_(\d+)\.pt$")
 
 
@@ -39,31 +37,35 @@ def cache_dataset(dataset, components, out_dir: Path, with_inversion: bool, keep
 
 
 def encode_clip(item: dict, components, with_inversion: bool) -> dict:
-    latents = encode_video(components.vae, item["pixel_values"][None])[0].float().cpu()
+    pixels = item["pixel_values"][None]
+    latents = components.encode_video(pixels)[0].float().cpu()
     entry = {
         "latents": latents,
-        "prompt_ids": tokenize(components.tokenizer, [item["prompt"]])[0],
+        "prompt_ids": components.tokenize([item["prompt"]])[0],
         "text_prompt": item["prompt"],
         "dataset": item.get("dataset", ""),
     }
+    if not components.base.frames_are_images:
+        entry["frame_latents"] = components.encode_frames(pixels)[0].float().cpu()
     if with_inversion:
         entry["inversion_noise"] = invert_clip(latents, components)
     return entry
 
 
 def invert_clip(latents: torch.Tensor, components) -> torch.Tensor:
-    """(4, F, h, w) latents -> their 50-step DDIM inversion with the empty prompt, UNet in eval.
+    """(C, f, h, w) latents -> their inversion with the empty prompt (the base's: 50 DDIM steps for
+    the UNets), denoiser in eval.
 
-    The UNet is used as it is (at training its LoRAs are still zero; at inference the original
+    The denoiser is used as it is (at training its LoRAs are still zero; at inference the original
     inverted through its pipeline, i.e. with the loaded LoRA).
     """
-    unet = components.unet
-    was_training = unet.training
-    unet.eval()  # temporal convs use dropout
-    empty = encode_prompts(components.tokenizer, components.text_encoder, [""]).to(unet.device, unet.dtype)
-    inverted = ddim_inversion(unet, components.scheduler, latents[None].to(unet.device, torch.float32), empty,
-                              INVERSION_STEPS)
-    unet.train(was_training)
+    denoiser = components.denoiser
+    was_training = denoiser.training
+    denoiser.eval()  # temporal convs use dropout
+    empty = components.encode_prompts([""]).to(denoiser.device, denoiser.dtype)
+    inverted = components.base.invert(components, latents[None].to(denoiser.device, torch.float32), empty,
+                                      components.base.inversion_steps)
+    denoiser.train(was_training)
     return inverted[0].float().cpu()
 
 

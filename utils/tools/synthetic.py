@@ -1,6 +1,6 @@
 """Small deterministic synthetic clips and images, so training, tests and demos run offline.
 
-`python -m utils.synthetic test_data/` writes the project's sample data.
+`python -m utils.tools.synthetic test_data/` writes the project's sample data.
 Every generator is pure arithmetic (no random numbers), so the same call gives the
 same pixels on every machine; H.264 encoding of them is deterministic too.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.video_io import write_video
+from utils.io.video_io import write_video
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Convert an original MotionDirector LoRA (`<step>_unet.pt`, a list of tensors) to our safetensors format.
 
-    python -m utils.convert_lora --model ./models/zeroscope_v2_576w --path temporal \
+    python -m utils.tools.convert_lora --model ./models/zeroscope_v2_576w --path temporal \
         outputs/train/car_16/checkpoint-150/temporal/lora/150_unet.pt 150_unet.safetensors
 
 The list file names no layers, so the base model's UNet is needed to map it; the output holds
@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
+from models.bases import load_components
 from models.lora import SPATIAL, TEMPORAL
 from models.lora_io import load_adapter, save_adapter
-from models.pipeline import check_model_folder
 from utils.cli import run_cli
 from utils.errors import UserError
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.convert_lora", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.tools.convert_lora", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the diffusers text-to-video folder the LoRA was trained on")
     parser.add_argument("--path", required=True, choices=(SPATIAL, TEMPORAL), help="which path the LoRA belongs to")
     parser.add_argument("input", help="the original <step>_unet.pt file (or its .../lora/ folder)")
@@ -40,15 +40,10 @@ def output_file(source: Path, output: Path) -> Path:
 
 
 def convert(model: str, path: str, source: str | Path, output: str | Path, overwrite: bool = False) -> Path:
-    """Load `source` into the model's UNet as adapter `path`, then save it as safetensors."""
-    from models.unet import load_unet
-
-    check_model_folder(model)
-    try:
-        unet = load_unet(model)
-    except OSError as err:
-        raise UserError(f"cannot load the UNet from {model}: {str(err).splitlines()[0]}") from None
-    file = load_adapter(unet, source, path)
+    """Load `source` into the model's denoiser as adapter `path`, then save it as safetensors."""
+    components = load_components(model)
+    unet = components.denoiser
+    file = load_adapter(unet, source, path, components.lora_targets(path))
     target = output_file(file, Path(output))
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists; pass --overwrite to replace it")

@@ -14,15 +14,14 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, gather_object, set_seed
 from accelerate.utils.imports import is_tensorboard_available, is_wandb_available
 from omegaconf import OmegaConf
-from diffusers import DDIMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names
+from models.bases import base_for_model, load_components
+from models.checkpointing import enable_gradient_checkpointing
+from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, path_of, spatial_adapter_names
 from models.lora_io import load_adapter
-from models.pipeline import PromptCache, check_model_folder, encode_video, load_components
-from models.unet import enable_gradient_checkpointing, set_attention_backend
-from utils.checkpoints import (
+from utils.training.checkpoints import (
     STATE_FILE,
     adapter_folder,
     new_run_dir,
@@ -33,12 +32,13 @@ from utils.checkpoints import (
     set_rng_state,
 )
 from utils.cli import process_state
-from utils.config import save_config
-from utils.dataset import build_dataset
+from utils.training.config import save_config
+from utils.training.dataset import build_dataset
 from utils.errors import UserError
-from utils.latent_cache import cache_dataset, load_cached
-from utils.train_step import Adapters, StepSettings, train_step
-from utils.validation import log_validation
+from utils.training.latent_cache import cache_dataset, load_cached
+from utils.training.prompt_cache import PromptCache
+from utils.training.step import Adapters, StepSettings, train_step
+from utils.training.validation import log_validation
 
 logger = logging.getLogger(__name__)
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -104,40 +104,46 @@ def run(cfg) -> Path:
                        "original did; use gradient_accumulation_steps for several clips per update",
                        cfg.train_batch_size)
     # Every input is checked before the run folder is made or a model is loaded.
-    check_model_folder(cfg.pretrained_model_path)
+    base = base_for_model(cfg.pretrained_model_path, base_options(cfg))
+    check_sizes(cfg, base)
     resume_from = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir) if cfg.resume_from_checkpoint else None
     dataset = build_dataset(cfg.train_data, list(cfg.dataset_types))
     run_dir = resume_from.parent if resume_from else _shared_run_dir(cfg, state)
-    accelerator = _make_accelerator(cfg, run_dir)
+    accelerator = make_accelerator(cfg, run_dir)
     if cfg.seed is not None:
         set_seed(cfg.seed)
-    components = load_components(cfg.pretrained_model_path, accelerator.device, DTYPES[cfg.mixed_precision])
-    if cfg.rescale_schedule and not cfg.use_offset_noise:
-        components.scheduler = zero_terminal_snr(components.scheduler)
+    components = load_components(cfg.pretrained_model_path, accelerator.device, DTYPES[cfg.mixed_precision],
+                                 base_options(cfg))
+    components.scheduler = base.training_scheduler(components.scheduler,
+                                                   cfg.rescale_schedule and not cfg.use_offset_noise)
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     if accelerator.device.type == "cuda":
         # Prompts are encoded once per distinct text: the frozen text encoder need not hold GPU memory.
         components.text_encoder.to("cpu", torch.float32)
-    unet = components.unet
-    adapters = _add_adapters(cfg, unet, len(items), resume_from)
+    adapters = add_adapters(cfg, components, len(items), resume_from)
     _broadcast_from_main(adapters, state)
     _seed_per_process(cfg, state)
-    optimisers = _make_optimisers(cfg, adapters)
-    _prepare_unet(cfg, unet)
-    trainer = _Loop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
+    optimisers = make_optimisers(cfg, adapters)
+    prepare_denoiser(cfg, components)
+    trainer = TrainingLoop(cfg, accelerator, components, adapters, optimisers, items, run_dir)
     start_step = trainer.resume(resume_from) if resume_from else 0
     trainer.train(start_step)
     accelerator.end_training()
     return run_dir
 
 
-def zero_terminal_snr(scheduler) -> DDIMScheduler:
-    """The scheduler with zero-terminal-SNR betas (Lin et al. 2023), the original's `rescale_schedule`.
+def base_options(cfg) -> dict:
+    """The config keys a base reads beside the model path."""
+    return {}
 
-    The rescale lives in the config (diffusers' `rescale_betas_zero_snr`), so every scheduler built
-    from it (DDIM inversion, validation sampling) follows the same schedule as the training noise.
-    """
-    return DDIMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True)
+
+def check_sizes(cfg, base) -> None:
+    """Frame sizes and counts the base cannot take fail before anything is loaded."""
+    td, vd = cfg.train_data, cfg.validation_data
+    base.check_size(td.width, td.height, "train_data.width and height")
+    base.check_frames(td.n_sample_frames, "train_data.n_sample_frames")
+    base.check_size(vd.width, vd.height, "validation_data.width and height")
+    base.check_frames(vd.num_frames, "validation_data.num_frames")
 
 
 def _shared_run_dir(cfg, state) -> Path:
@@ -152,7 +158,7 @@ def _shared_run_dir(cfg, state) -> Path:
     return Path(run_dir[0])
 
 
-def _make_accelerator(cfg, run_dir: Path) -> Accelerator:
+def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     """Mixed precision, devices and processes; TensorBoard/wandb events go to <run>/logs."""
     tracker = None if cfg.logger_type == "none" else cfg.logger_type
     if tracker == "tensorboard" and not is_tensorboard_available():
@@ -201,16 +207,18 @@ def _to_device(item: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in item.items()}
 
 
-def _add_adapters(cfg, unet, num_items: int, resume_from: Path | None) -> Adapters:
+def add_adapters(cfg, components, num_items: int, resume_from: Path | None) -> Adapters:
     """Fresh adapters, or the ones saved in the resumed checkpoint / under `lora_path`."""
+    unet = components.denoiser
     spatial = spatial_adapter_names(1 if cfg.single_spatial_lora else num_items) if cfg.train_spatial_lora else []
     names = ([TEMPORAL] if cfg.train_temporal_lora else []) + spatial
     for name in names:
         start = _initial_lora_folder(cfg, name, spatial, resume_from)
         if start is not None:  # float32, never through the frozen UNet's half precision
-            load_adapter(unet, start, name, dropout=cfg.lora_unet_dropout, dtype=torch.float32)
+            load_adapter(unet, start, name, components.lora_targets(path_of(name)), dropout=cfg.lora_unet_dropout,
+                         dtype=torch.float32)
         else:
-            add_adapter(unet, name, cfg.lora_rank, cfg.lora_unet_dropout)
+            add_adapter(unet, name, components.lora_targets(path_of(name)), cfg.lora_rank, cfg.lora_unet_dropout)
     params = {name: adapter_parameters(unet, name) for name in names}
     for plist in params.values():
         for p in plist:  # trainable LoRA weights stay float32 under fp16/bf16 (frozen UNet is cast)
@@ -250,7 +258,7 @@ def _initial_lora_folder(cfg, name, spatial_names, resume_from):
     return folder
 
 
-def _make_optimisers(cfg, adapters: Adapters) -> Optimisers:
+def make_optimisers(cfg, adapters: Adapters) -> Optimisers:
     optimizer_cls = _optimizer_class(cfg.use_8bit_adam)
     # One fused kernel for the hundreds of small LoRA tensors (CPU too: 1.2 ms vs 9.5 ms a step).
     fused = {"fused": True} if optimizer_cls is torch.optim.AdamW else {}
@@ -283,20 +291,23 @@ def _optimizer_class(use_8bit_adam: bool):
     return bnb.optim.AdamW8bit
 
 
-def _prepare_unet(cfg, unet) -> None:
-    set_attention_backend(unet, xformers=cfg.enable_xformers_memory_efficient_attention and not cfg.enable_torch_2_attn)
+def prepare_denoiser(cfg, components) -> None:
+    """Attention backend, gradient checkpointing at the base's default granularity, train mode."""
+    base, denoiser = components.base, components.denoiser
+    xformers = cfg.enable_xformers_memory_efficient_attention and not cfg.enable_torch_2_attn
+    base.set_attention_backend(denoiser, xformers=xformers)
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(unet)
-    unet.train()
+        enable_gradient_checkpointing(denoiser, base.checkpoint_targets(denoiser, base.default_granularity))
+    denoiser.train()
 
 
-class _Loop:
+class TrainingLoop:
     """The training loop; holds what every step needs."""
 
     def __init__(self, cfg, accelerator, components, adapters, optimisers, items, run_dir):
         self.cfg, self.acc, self.c = cfg, accelerator, components
         self.adapters, self.optimisers, self.items, self.run_dir = adapters, optimisers, items, Path(run_dir)
-        self.prompts = PromptCache(components.tokenizer, components.text_encoder, accelerator.device)
+        self.prompts = PromptCache(components, accelerator.device)
         self.settings = StepSettings(
             train_spatial=cfg.train_spatial_lora,
             appearance_debias=cfg.appearance_debiased_loss,
@@ -349,7 +360,7 @@ class _Loop:
         finally:
             bar.close()
         if self.acc.is_main_process:
-            save_final(self.run_dir, step, self.c.unet, self.adapters.spatial, self.adapters.temporal is not None)
+            save_final(self.run_dir, step, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None)
             logger.info("saved final adapters of step %d in %s", step, self.run_dir)
 
     def _optimisation_step(self, step: int):
@@ -407,22 +418,27 @@ class _Loop:
         return self.items[shard[offset % len(shard)]]
 
     def _micro_step(self, item: dict):
-        latents, pixels = self._latents(item)
+        latents, frame_latents, pixels = self._latents(item)
         embeddings = self.prompts([item["prompt"]])  # already on the training device
         return train_step(
-            self.c.unet, self.c.scheduler, latents, embeddings, self.adapters, self._spatial_name(item), self.settings,
-            backward=self._backward, autocast=self.acc.autocast, vae=self.c.vae, pixel_values=pixels,
+            self.c, latents, embeddings, self.adapters, self._spatial_name(item), self.settings,
+            backward=self._backward, autocast=self.acc.autocast, pixel_values=pixels, frame_latents=frame_latents,
         )
 
     def _latents(self, item):
+        """(clip latents, per-frame image latents or None, pixels for flips or None), batched."""
         device = self.acc.device
         pixels = item.get("pixel_values")
         pixels = pixels[None].to(device) if pixels is not None and self.cfg.random_hflip_img > 0 else None
+        frames_needed = self.adapters.spatial and not self.c.base.frames_are_images
         if item.get("lazy"):
-            latents = encode_video(self.c.vae, item["pixel_values"][None].to(device)).float()
+            clip = item["pixel_values"][None].to(device)
+            latents = self.c.encode_video(clip).float()
+            frame_latents = self.c.encode_frames(clip).float() if frames_needed else None
         else:
             latents = item["latents"][None].to(device, torch.float32)
-        return latents, pixels
+            frame_latents = item["frame_latents"][None].to(device, torch.float32) if frames_needed else None
+        return latents, frame_latents, pixels
 
     def _backward(self, loss):
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -465,7 +481,7 @@ class _Loop:
         state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rngs[0], "rng_per_process": rngs,
                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
         path = save_checkpoint(
-            self.run_dir, step, self.c.unet, self.adapters.spatial, self.adapters.temporal is not None, state
+            self.run_dir, step, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None, state
         )
         logger.info("saved %s", path)
 
@@ -513,7 +529,7 @@ class _Losses:
             self.n_temporal += 1
 
     def mean(self):
-        from utils.train_step import StepLosses
+        from utils.training.step import StepLosses
 
         return StepLosses(
             spatial=None if self.spatial_sum is None else self.spatial_sum / self.n_spatial,

@@ -6,7 +6,6 @@ files load unchanged. Unlike the original, whose `**kwargs` swallowed anything,
 an unknown or misspelled key is an error with a "did you mean" hint.
 """
 
-import argparse
 import dataclasses
 import difflib
 import logging
@@ -202,14 +201,14 @@ def _yaml_problem(e: Exception) -> str:
 
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
-        _check_override(item)
+        check_override(item)
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:
         raise UserError(f"malformed override: {str(e).splitlines()[0]}") from e
 
 
-def _check_override(item: str) -> None:
+def check_override(item: str) -> None:
     if "=" not in item or item.startswith("="):
         raise UserError(f"malformed override '{item}': expected key=value, e.g. learning_rate=1e-4")
 
@@ -339,23 +338,9 @@ def validation_prompts(validation_data: DictConfig) -> List[str]:
     return list(prompt)
 
 
-# ---------------------------------------------------------------- saving and CLI
+# ---------------------------------------------------------------- saving
 
 def save_config(cfg: DictConfig, path: str) -> None:
     """Write the resolved config, so a run's outputs record exactly what ran."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path, resolve=True)
-
-
-def parse_train_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, List[str]]:
-    """`--config X.yaml key=value other.key=value` -> (config path, overrides)."""
-    parser = argparse.ArgumentParser(
-        description="Train MotionDirector (spatial and temporal LoRA) on videos or images.")
-    parser.add_argument("--config", type=str, default=DEFAULT_CONFIG,
-                        help=f"training config YAML (default: {DEFAULT_CONFIG})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override config keys, e.g. learning_rate=1e-4 train_data.n_sample_frames=8")
-    args = parser.parse_args(argv)
-    for item in args.overrides:
-        _check_override(item)
-    return args.config, list(args.overrides)

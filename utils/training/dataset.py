@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
 from utils.errors import UserError
-from utils.video_io import VideoInfo, read_frames, video_info
+from utils.io.video_io import VideoInfo, read_frames, video_info
 
 logger = logging.getLogger(__name__)
 
