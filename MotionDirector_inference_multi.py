@@ -19,6 +19,7 @@ from models.lora import SPATIAL, TEMPORAL
 from utils.cli import add_sampling_arguments, prompts_from_args, run_cli, settings_from_args
 from utils.errors import UserError
 from utils.inference.generate import LoraRequest, run_generation
+from utils.run_folder import cache_of_lora
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +45,6 @@ def lora_requests(args: argparse.Namespace) -> list[LoraRequest]:
     return requests
 
 
-def run_cache(lora_folder: str | None) -> Path | None:
-    """cached_latents/ of the run that trained a LoRA (None when that run has none).
-
-    It sits three levels up for run/checkpoint-<N>/<path>/lora/ and two for the final
-    run/<path>/lora/. (The original took four dirnames, right only with a trailing slash.)
-    """
-    if not lora_folder:
-        return None
-    lora = Path(lora_folder).resolve()
-    if lora.is_file():
-        lora = lora.parent
-    candidates = [lora.parents[i] / "cached_latents" for i in (1, 2) if len(lora.parents) > i]
-    return next((c for c in candidates if c.is_dir()), None)
-
-
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     prompts = prompts_from_args(args)
@@ -67,7 +53,7 @@ def main(argv=None) -> None:
         if folder and not Path(folder).exists():
             raise UserError(f"{flag} not found: {folder} (give a .../lora/ folder of a training run)")
     # The noise prior comes from the motion's run; without one, from the appearance's (an image run).
-    cache = run_cache(args.temporal_path_folder) or run_cache(args.spatial_path_folder)
+    cache = cache_of_lora(args.temporal_path_folder) or cache_of_lora(args.spatial_path_folder)
     how_to_fix = ("use --noise_prior 0, or give a --temporal_path_folder (or --spatial_path_folder) inside "
                   "its training run (run/checkpoint-<N>/temporal/lora/ or run/temporal/lora/)")
     paths = run_generation(args.model, lora_requests(args), settings_from_args(args, write_gif=True), cache,

@@ -25,10 +25,10 @@ import torch
 from models.bases import base_for_model
 from models.lora import TEMPORAL
 from models.lora_io import find_lora_file
-from utils.training.checkpoints import list_checkpoints
 from utils.cli import run_cli
 from utils.training.config import load_config, validate_config
 from utils.errors import UserError
+from utils.run_folder import CACHE_DIR, motion_folder
 from utils.inference.generate import (
     SEED_RANGE,
     GenerationSettings,
@@ -65,13 +65,9 @@ def resolve_motion(folder: str) -> tuple[Path | None, Path | None]:
     path = Path(folder.strip()).expanduser()
     if not path.exists():
         raise UserError(f"motion folder not found: {path}")
-    checkpoints = list_checkpoints(path)
-    candidates = [path / "checkpoint-default" / "temporal" / "lora", path / "temporal" / "lora", path / "lora"]
-    if checkpoints:
-        candidates.append(checkpoints[max(checkpoints)] / "temporal" / "lora")
-    file = find_lora_file(next((c for c in candidates if c.is_dir()), path))  # one-line UserError if none
+    file = find_lora_file(motion_folder(path))  # one-line UserError if none
     # the file's folders: lora/, temporal/, then the run folder or checkpoint-<N>/ and the run folder
-    cache = next((p / "cached_latents" for p in file.parents[:4] if (p / "cached_latents").is_dir()), None)
+    cache = next((p / CACHE_DIR for p in file.parents[:4] if (p / CACHE_DIR).is_dir()), None)
     return file, cache
 
 

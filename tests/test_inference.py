@@ -29,6 +29,7 @@ from utils.inference.generate import (
     share_of,
 )
 from utils.io.video_io import read_frames, video_info
+from utils.run_folder import cache_of_lora
 from helpers import ZEROSCOPE, lora_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,8 +270,8 @@ def test_multi_cli_writes_mp4_and_gif_with_prior_from_the_temporal_run(tiny_mode
 
 def test_multi_cli_finds_the_cache_for_both_run_layouts(tiny_run):
     cache = tiny_run / "cached_latents"
-    assert multi_cli.run_cache(str(tiny_run / "checkpoint-2/temporal/lora")) == cache.resolve()
-    assert multi_cli.run_cache(str(tiny_run / "temporal/lora/")) == cache.resolve()
+    assert cache_of_lora(str(tiny_run / "checkpoint-2/temporal/lora")) == cache.resolve()
+    assert cache_of_lora(str(tiny_run / "temporal/lora/")) == cache.resolve()
 
 
 def _one_line_error(code, err) -> str:

@@ -81,6 +81,16 @@ def test_run_writes_the_original_layout(trained_run):
     assert cached["latents"].shape == (4, 4, 8, 8)
     assert cached["inversion_noise"].shape == (4, 4, 8, 8)
     assert cached["text_prompt"] == "A square is moving to the right."
+    assert not (trained_run / "temporal" / "export").exists()  # UNet3D has no stock LoRA loader to export for
+
+
+def test_run_has_a_model_card(trained_run, tiny_model_dir):
+    card = (trained_run / "README.md").read_text()
+    front, body = card.split("---\n")[1:3]
+    assert "library_name: diffusers" in front and "- motiondirector" in front and "- zeroscope" in front
+    assert "base_model:" not in front  # a local folder is no hub model to link
+    assert "* A square is moving to the right." in body and "4 training steps" in body
+    assert f"--model <the base model folder> --checkpoint_folder ." in body
 
 
 def test_final_adapters_equal_last_checkpoint_and_were_trained(trained_run):

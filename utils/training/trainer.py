@@ -21,21 +21,14 @@ from models.bases import base_for_model, load_components
 from models.checkpointing import enable_gradient_checkpointing
 from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, path_of, spatial_adapter_names
 from models.lora_io import load_adapter
-from utils.training.checkpoints import (
-    STATE_FILE,
-    adapter_folder,
-    new_run_dir,
-    resolve_resume,
-    rng_state,
-    save_checkpoint,
-    save_final,
-    set_rng_state,
-)
+from utils.run_folder import CACHE_DIR, CONFIG_FILE, LOGS_DIR, SAMPLES_DIR, STATE_FILE, adapter_folder, new_run_dir
+from utils.training.checkpoints import resolve_resume, rng_state, save_checkpoint, save_final, set_rng_state
 from utils.cli import process_state
 from utils.training.config import save_config
 from utils.training.dataset import build_dataset
 from utils.errors import UserError
 from utils.training.latent_cache import cache_dataset, load_cached
+from utils.training.model_card import write_model_card
 from utils.training.prompt_cache import PromptCache
 from utils.training.step import Adapters, StepSettings, train_step
 from utils.training.validation import log_validation
@@ -117,6 +110,9 @@ def run(cfg) -> Path:
     components.scheduler = base.training_scheduler(components.scheduler,
                                                    cfg.rescale_schedule and not cfg.use_offset_noise)
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
+    if accelerator.is_main_process:
+        write_model_card(run_dir, base, cfg.pretrained_model_path, [item["prompt"] for item in items],
+                         cfg.max_train_steps)
     if accelerator.device.type == "cuda":
         # Prompts are encoded once per distinct text: the frozen text encoder need not hold GPU memory.
         components.text_encoder.to("cpu", torch.float32)
@@ -151,7 +147,7 @@ def _shared_run_dir(cfg, state) -> Path:
     run_dir = [None]
     if state.is_main_process:
         run_dir = [str(new_run_dir(cfg.output_dir))]
-        save_config(cfg, Path(run_dir[0]) / "config.yaml")
+        save_config(cfg, Path(run_dir[0]) / CONFIG_FILE)
         logger.info("run folder: %s", run_dir[0])
     if state.num_processes > 1:
         broadcast_object_list(run_dir)
@@ -167,13 +163,13 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     if tracker == "wandb" and not is_wandb_available():
         logger.warning("logger_type: wandb but wandb is not installed (pip install wandb); not logging")
         tracker = None
-    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / LOGS_DIR))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker, project_config=project)
     if tracker is not None:
         # wandb writes into its `dir` (else ./wandb of the working directory), which must exist
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers("motiondirector", config=_flat_config(cfg),
-                                  init_kwargs={"wandb": {"dir": str(run_dir / "logs")}})
+                                  init_kwargs={"wandb": {"dir": str(run_dir / LOGS_DIR)}})
     return accelerator
 
 
@@ -194,7 +190,7 @@ def _training_items(cfg, dataset, components, run_dir, accelerator) -> list[dict
         return [_to_device(item, accelerator.device) for item in load_cached(Path(cfg.cached_latent_dir))]
     if not cfg.cache_latents:
         return [dict(dataset[i], index=i, lazy=True) for i in range(len(dataset))]
-    cache_dir = run_dir / "cached_latents"
+    cache_dir = run_dir / CACHE_DIR
     if accelerator.is_main_process and not (cache_dir.is_dir() and any(cache_dir.iterdir())):
         with_inversion = cfg.validation_data.noise_prior > 0
         cache_dataset(dataset, components, cache_dir, with_inversion, keep_pixels=cfg.random_hflip_img > 0)
@@ -360,7 +356,7 @@ class TrainingLoop:
         finally:
             bar.close()
         if self.acc.is_main_process:
-            save_final(self.run_dir, step, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None)
+            save_final(self.run_dir, step, self.c.base, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None)
             logger.info("saved final adapters of step %d in %s", step, self.run_dir)
 
     def _optimisation_step(self, step: int):
@@ -471,7 +467,7 @@ class TrainingLoop:
             self._checkpoint(step)
         vd = self.cfg.validation_data
         if vd.sample_preview and step % self.cfg.validation_steps == 0 and self.acc.is_main_process:
-            log_validation(self.cfg, self.c, self.adapters, item, self.run_dir / "samples", step, self.acc)
+            log_validation(self.cfg, self.c, self.adapters, item, self.run_dir / SAMPLES_DIR, step, self.acc)
 
     def _checkpoint(self, step: int) -> None:
         # Every process's RNG, so that a resumed run draws what each process would have drawn.
@@ -481,7 +477,7 @@ class TrainingLoop:
         state = {"step": step, "optimisers": self.optimisers.state_dict(), "rng": rngs[0], "rng_per_process": rngs,
                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
         path = save_checkpoint(
-            self.run_dir, step, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None, state
+            self.run_dir, step, self.c.base, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None, state
         )
         logger.info("saved %s", path)
 
