@@ -200,6 +200,7 @@ def test_two_processes_share_one_run_and_stay_in_sync(tiny_model_dir, tmp_path):
 
     (run_dir,) = out.iterdir()
     assert _files(run_dir) == sorted([
+        "README.md",  # the model card, written once by the main process
         "cached_latents/cached_0.pt", "cached_latents/cached_1.pt",
         f"checkpoint-2/{STATE_FILE}",
         "checkpoint-2/spatial/lora/2_unet.safetensors", "checkpoint-2/spatial/lora_video1/2_unet.safetensors",
