@@ -3,7 +3,7 @@
 # (zig-zag) from one bundled clip, generate a new subject doing it with and without the learned
 # temporal LoRA (same prompt and seed), and score both against the reference clip: writes
 # outputs/quickstart/scores.json, strip.png and the two videos. It needs a pretrained toy-world
-# base (README "Toy world"): the shipped models/toy_world_base, or TOY_BASE=path.
+# base (docs/toy_world.md): the shipped models/toy_world_base, or TOY_BASE=path.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}

@@ -13,7 +13,7 @@ raises it (a colour word reaches ~1.5 within 200 steps on this CPU).
 
 With four directions the rotation swaps two axes (left with down, up with right) and two signs,
 so the axis alone raises the ratio; `sign` measures the sign alone (it stayed at 1.00 through 1500
-steps, README "Toy world").
+steps, docs/toy_world.md).
 """
 
 from __future__ import annotations

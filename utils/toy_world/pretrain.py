@@ -58,16 +58,16 @@ class PretrainSettings:
     checkpoint_every: int = 100
     time_budget_s: float = math.inf  # stop (resumably) after this many seconds of this call
     # v-prediction: the loss weighs the clip's layout at high noise (where the prompt alone must
-    # decide it) 1/alpha_bar times more than epsilon-prediction does (README "Toy world").
+    # decide it) 1/alpha_bar times more than epsilon-prediction does (docs/toy_world.md).
     v_prediction: bool = False
     # Zero terminal SNR (Lin et al. 2023, implies v-prediction): at t = 999 no trace of the clip is left.
     # Without it a direction word's sign is never bound: the ZeroScope schedule's trace of the clip at
-    # t = 999 already tells the direction (README "Toy world"). The shipped base uses it.
+    # t = 999 already tells the direction (docs/toy_world.md). The shipped base uses it.
     zero_terminal_snr: bool = True
     # Binding stage, before the main stage: the fresh UNet first learns the direction words alone,
     # on the four centred directions of one subject at t >= 500 (`binding.word_specs("motion")`).
     # Binding a direction word is a saddle: on four clips the UNet leaves it after ~1000 steps, in
-    # the full data not within 2500, where colour, shape and noise dominate the gradient (README
+    # the full data not within 2500, where colour, shape and noise dominate the gradient (docs/toy_world.md
     # "Toy world", `binding`). 0 skips the stage.
     binding_steps: int = 2000
     binding_min_t: int = 500

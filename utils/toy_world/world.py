@@ -29,13 +29,13 @@ BACKGROUND = (128, 128, 128)
 # frame. Denoising it needs the frame's place in the clip, which a UNet3D can only learn through
 # its temporal convs (its temporal attention is blind to frame order): without it the base model
 # stayed ~97% time-reversal equivariant and could not tell "moving left" from "moving right"
-# (README "Toy world"). The detector and the scores ignore the band.
+# (docs/toy_world.md). The detector and the scores ignore the band.
 CLOCK_ROWS = 3
 CLOCK_COLOR = (255, 255, 255)
 # A second clock, readable at high noise: the grey background brightens by 2 x BACKGROUND_RAMP
 # levels from the first frame to the last. The bar alone is a few latent cells, buried in noise
 # where generation decides the layout, and the base model then drew the right axis but a random
-# sign ("moving left" as often right as left; README "Toy world").
+# sign ("moving left" as often right as left; docs/toy_world.md).
 BACKGROUND_RAMP = 40
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -60,7 +60,7 @@ BOUNCE_HEIGHT = 20.0
 GROW_RADII = (5.0, 14.0)
 # Pretraining clips start within this many pixels of the centred start. With starts anywhere, every
 # motion fills the frame alike frame by frame, so the motion word barely lowers the denoising loss
-# and the base model learned to ignore it (README "Toy world"); near the centre, the word says
+# and the base model learned to ignore it (docs/toy_world.md); near the centre, the word says
 # where the subject is in each frame.
 START_SPREAD = 6.0
 
