@@ -224,7 +224,7 @@ def test_motion_lora_follows_animatediff_evolved_key_rules_with_the_same_deltas(
 
 def _overrides(model, out, **extra):
     values = {
-        "pretrained_model_path": str(model), "motion_adapter_path": '""', "output_dir": str(out),
+        "pretrained_model_path": str(model), "motion_adapter_path": "null", "output_dir": str(out),
         "train_data.single_video_path": str(CLIP), "train_data.width": 64, "train_data.height": 64,
         "train_data.use_bucketing": False, "train_data.n_sample_frames": 4, "train_data.frame_step": 4,
         "validation_data.num_frames": 4, "validation_data.width": 64, "validation_data.height": 64,
@@ -288,3 +288,11 @@ def test_full_size_architecture_is_stable_diffusion_1_5_plus_the_v2_adapter():
     spatial = sum(p.numel() for n, p in unet.named_parameters() if "motion_modules" not in n)
     assert spatial == 859_520_964  # Stable Diffusion 1.5's UNet
     assert unet.mid_block.motion_modules is not None and unet.config.motion_max_seq_length == 32
+
+
+def test_demo_generates_with_an_animatediff_run_and_trains_from_its_config(trained, tiny_ad, tmp_path):
+    import app
+
+    path, status = app.generate(str(tiny_ad), str(trained), "A car.", "", 1, 0.3, 2, 64, 64, 4, 7.5, str(tmp_path))
+    assert video_info(path).num_frames == 4 and str(trained) in status
+    assert app.real_train_config(str(tiny_ad)) == REPO / "configs" / "config_animatediff_single_video.yaml"

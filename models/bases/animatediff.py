@@ -18,9 +18,11 @@ original MotionLoRA keys, up @ down = the weight delta, for ComfyUI-AnimateDiff-
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -252,7 +254,9 @@ class AnimateDiffBase(UNetBase):
         out.mkdir(parents=True, exist_ok=True)
         with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="md_tiny_") as scratch:
             saved = Path(scratch) / "pipeline"
-            AnimateDiffPipeline(**tiny_parts_of_pipeline(Path(scratch), seed)).save_pretrained(saved)
+            with quiet_empty_fp32_warning():  # the pipeline joins the UNet and the adapter (from_unet2d)
+                pipeline = AnimateDiffPipeline(**tiny_parts_of_pipeline(Path(scratch), seed))
+            pipeline.save_pretrained(saved)
             for entry in sorted(saved.iterdir(), key=lambda p: p.name == "model_index.json"):
                 shutil.rmtree(out / entry.name, ignore_errors=True)
                 shutil.move(str(entry), out / entry.name)  # model_index.json last: it marks a complete folder
@@ -294,8 +298,9 @@ class AnimateDiffBase(UNetBase):
             unet = self.build_denoiser(sizes["denoiser"])
             vae = self.build_vae(sizes["vae"])
             text_encoder = CLIPTextModel(CLIPTextConfig(**FULL_SIZE_TEXT, **ids))
-        for model in (unet, vae, text_encoder):
-            model.requires_grad_(False).to(dtype)
+        with quiet_empty_fp32_warning():
+            for model in (unet, vae, text_encoder):
+                model.requires_grad_(False).to(dtype)
         vae.eval()
         text_encoder.eval()
         return Components(self, tokenizer, text_encoder, vae, unet, self.default_scheduler())
@@ -328,9 +333,23 @@ def load_motion_unet(model_path: str, adapter_path: str | None, dtype: torch.dty
     except OSError as err:
         raise UserError(f"cannot load the motion adapter {adapter_path}: {str(err).splitlines()[0]}") from None
     try:
-        return UNetMotionModel.from_unet2d(unet, adapter)
+        with quiet_empty_fp32_warning():
+            return UNetMotionModel.from_unet2d(unet, adapter)
     except ValueError as err:  # block or layer counts differ: an adapter for another UNet (e.g. SDXL)
         raise UserError(f"motion adapter {adapter_path} does not fit the UNet of {model_path}: {err}") from None
+
+
+@contextmanager
+def quiet_empty_fp32_warning():
+    """diffusers warns at every `.to(dtype)` of a UNetMotionModel that its modules to keep in
+    float32 are [] (none): nothing to act on, so not shown."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def motion_unet_config(unet: dict, adapter: dict) -> dict:
