@@ -194,7 +194,8 @@ def default_size(model: str) -> int:
     return 384 if 8 * sample_size >= 256 else 8 * sample_size
 
 
-def build_demo(model: str, output_dir: str, config: str | None = None, motion_adapter_path: str | None = None) -> gr.Blocks:
+def build_demo(model: str, output_dir: str, config: str | None = None,
+               motion_adapter_path: str | None = None) -> gr.Blocks:
     size = default_size(model)
     with gr.Blocks(title="MotionDirector") as demo:
         gr.Markdown("# MotionDirector\nCustomise the motion of a text-to-video model, then generate with it.")

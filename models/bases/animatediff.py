@@ -50,6 +50,9 @@ ANIMATEDIFF_PIPELINE = "AnimateDiffPipeline"
 STABLE_DIFFUSION_PIPELINE = "StableDiffusionPipeline"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
 ADAPTER_HINT = "e.g. guoyww/animatediff-motion-adapter-v1-5-3 or a local MotionAdapter folder"
+# The motion modules' positional table (`motion_max_seq_length`) of the v1-5-2 and v1-5-3 adapters
+# (v1's is 24: diffusers then fails on longer clips itself).
+MAX_FRAMES = 32
 
 
 class SingleFrameSkippingMotionModule(AnimateDiffTransformer3D):
@@ -175,11 +178,10 @@ class AnimateDiffBase(UNetBase):
     )
 
     def check_frames(self, frames: int, what: str) -> None:
-        """The motion modules' sinusoidal positions cover `motion_max_seq_length` (32) frames."""
+        """The motion modules' sinusoidal positions cover MAX_FRAMES frames."""
         super().check_frames(frames, what)
-        limit = FULL_SIZE_ADAPTER["motion_max_seq_length"]
-        if frames > limit:
-            raise UserError(f"{what} must be at most {limit} for {self.label} (its motion modules' positional "
+        if frames > MAX_FRAMES:
+            raise UserError(f"{what} must be at most {MAX_FRAMES} for {self.label} (its motion modules' positional "
                             f"table), got {frames}")
 
     # ------------------------------------------------------------------ loading
