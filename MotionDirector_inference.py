@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from models.lora import TEMPORAL
-from utils.cli import add_sampling_arguments, prompts_from_args, run_cli, settings_from_args
+from utils.cli import add_sampling_arguments, base_options_from_args, prompts_from_args, run_cli, settings_from_args
 from utils.inference.generate import LoraRequest, run_generation
 from utils.run_folder import CACHE_DIR, temporal_lora_folder
 
@@ -36,7 +36,8 @@ def main(argv=None) -> None:
     lora = LoraRequest(temporal_lora_folder(run, str(args.checkpoint_index)), TEMPORAL, args.lora_scale)
     how_to_fix = "use --noise_prior 0, or point --checkpoint_folder at the training run folder"
     paths = run_generation(args.model, [lora], settings_from_args(args), run / CACHE_DIR, how_to_fix,
-                           device=args.device, xformers=args.xformers, prompts=prompts)
+                           device=args.device, xformers=args.xformers, prompts=prompts,
+                           options=base_options_from_args(args))
     for path in paths:
         print(f"wrote {path}")
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models.lora import SPATIAL, TEMPORAL
-from utils.cli import add_sampling_arguments, prompts_from_args, run_cli, settings_from_args
+from utils.cli import add_sampling_arguments, base_options_from_args, prompts_from_args, run_cli, settings_from_args
 from utils.errors import UserError
 from utils.inference.generate import LoraRequest, run_generation
 from utils.run_folder import cache_of_lora
@@ -57,7 +57,8 @@ def main(argv=None) -> None:
     how_to_fix = ("use --noise_prior 0, or give a --temporal_path_folder (or --spatial_path_folder) inside "
                   "its training run (run/checkpoint-<N>/temporal/lora/ or run/temporal/lora/)")
     paths = run_generation(args.model, lora_requests(args), settings_from_args(args, write_gif=True), cache,
-                           how_to_fix, device=args.device, xformers=args.xformers, prompts=prompts)
+                           how_to_fix, device=args.device, xformers=args.xformers, prompts=prompts,
+                           options=base_options_from_args(args))
     for path in paths:
         print(f"wrote {path}")
 

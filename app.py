@@ -71,18 +71,23 @@ def resolve_motion(folder: str) -> tuple[Path | None, Path | None]:
     return file, cache
 
 
+def base_options(motion_adapter_path: str | None) -> dict:
+    """What the base reads beside the model folder (a motion adapter for AnimateDiff on Stable Diffusion)."""
+    return {"motion_adapter_path": motion_adapter_path} if motion_adapter_path else {}
+
+
 @functools.lru_cache(maxsize=1)  # one pipeline in memory; reloaded when the model or motion changes
-def _pipeline(model: str, lora: Path | None, modified: float):
+def _pipeline(model: str, lora: Path | None, modified: float, motion_adapter_path: str | None = None):
     device, dtype = device_and_dtype(None)
     loras = [LoraRequest(lora, TEMPORAL, 1.0)] if lora else []
-    return prepare_model(model, loras, device, dtype)
+    return prepare_model(model, loras, device, dtype, options=base_options(motion_adapter_path))
 
 
 # ----------------------------------------------------------------------------- actions
 
 
 def generate(model, motion, prompt, negative_prompt, seed, noise_prior, steps, width, height, frames, guidance,
-             output_dir="./outputs/app", progress=gr.Progress(track_tqdm=True)):
+             output_dir="./outputs/app", motion_adapter_path=None, progress=gr.Progress(track_tqdm=True)):
     """One video for the form's settings; returns (video path, status line)."""
     if not prompt or not prompt.strip():
         raise UserError("write a prompt first")
@@ -92,26 +97,37 @@ def generate(model, motion, prompt, negative_prompt, seed, noise_prior, steps, w
         width=int(width), height=int(height), num_frames=int(frames), num_steps=int(steps),
         guidance_scale=float(guidance), seed=seed, noise_prior=float(noise_prior),
     )
-    base = base_for_model(model)
+    base = base_for_model(model, base_options(motion_adapter_path))
     settings = with_base_defaults(settings, base)
     check_settings(settings, base)
     lora, cache = resolve_motion(motion)
     prior = checked_noise_prior(settings, [seed], cache, NO_PRIOR_HINT, base)
-    components = _pipeline(model, lora, lora.stat().st_mtime if lora else 0.0)
+    components = _pipeline(model, lora, lora.stat().st_mtime if lora else 0.0, motion_adapter_path)
     (path,) = generate_videos(components, settings, prior, seeds=[seed])
     return str(path), f"seed {seed}, motion: {lora or 'none (base model)'} -> {path}"
 
 
-def training_settings(model: str, device: str, config: str | None = None) -> tuple[str, dict]:
+def training_settings(model: str, device: str, config: str | None = None,
+                      motion_adapter_path: str | None = None) -> tuple[str, dict]:
     """The config the Train tab starts from and what the device changes in it.
 
-    The tiny model gets the tiny CPU settings; a real model the shipped single-video config
-    (fp16, rank 32, gradient checkpointing), in float32 where there is no GPU (fp16 needs CUDA).
+    The tiny model gets the tiny CPU settings; a real model the shipped single-video config of its
+    base (fp16, gradient checkpointing), in float32 where there is no GPU (fp16 needs CUDA).
     """
     tiny = default_size(model) < 256
-    config = config or str(TINY_TRAIN_CONFIG if tiny else REAL_TRAIN_CONFIG)
+    config = config or str(TINY_TRAIN_CONFIG if tiny else real_train_config(model, motion_adapter_path))
     overrides = {} if device == "cuda" else {"mixed_precision": "no"}
     return config, overrides
+
+
+def real_train_config(model: str, motion_adapter_path: str | None = None) -> Path:
+    """configs/config_<base>_single_video.yaml of the model's base when shipped, else ZeroScope's."""
+    try:
+        name = base_for_model(model, base_options(motion_adapter_path)).name
+    except UserError:  # not a readable pipeline folder: training will say why
+        return REAL_TRAIN_CONFIG
+    config = REPO / "configs" / f"config_{name}_single_video.yaml"
+    return config if config.is_file() else REAL_TRAIN_CONFIG
 
 
 def _free_generation_model() -> None:
@@ -123,7 +139,7 @@ def _free_generation_model() -> None:
 
 
 def train(model, clip, prompt, steps, width, height, frames, output_dir="./outputs/app",
-          config=None, progress=gr.Progress(track_tqdm=True)):
+          config=None, motion_adapter_path=None, progress=gr.Progress(track_tqdm=True)):
     """Train a motion on one uploaded clip; returns (run folder, status line)."""
     if not clip:
         raise UserError("upload a training clip first")
@@ -131,9 +147,10 @@ def train(model, clip, prompt, steps, width, height, frames, output_dir="./outpu
         raise UserError("describe the training clip in the prompt")
     from utils.training.trainer import run  # imports accelerate and peft: only when training
 
-    config, overrides = training_settings(model, device_and_dtype(None)[0], config)
+    config, overrides = training_settings(model, device_and_dtype(None)[0], config, motion_adapter_path)
     overrides |= {
         "pretrained_model_path": model,
+        "motion_adapter_path": json.dumps(motion_adapter_path or ""),
         "output_dir": str(Path(output_dir) / "train"),
         "dataset_types": "[single_video]",
         "train_data.single_video_path": clip,
@@ -177,12 +194,13 @@ def default_size(model: str) -> int:
     return 384 if 8 * sample_size >= 256 else 8 * sample_size
 
 
-def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blocks:
+def build_demo(model: str, output_dir: str, config: str | None = None,
+               motion_adapter_path: str | None = None) -> gr.Blocks:
     size = default_size(model)
     with gr.Blocks(title="MotionDirector") as demo:
         gr.Markdown("# MotionDirector\nCustomise the motion of a text-to-video model, then generate with it.")
         base = gr.Textbox(model, label="Base model folder (diffusers text-to-video)")
-        outputs, train_config = gr.State(output_dir), gr.State(config)
+        outputs, train_config, adapter = gr.State(output_dir), gr.State(config), gr.State(motion_adapter_path)
         with gr.Tab("Generate"):
             motion = gr.Textbox(label="Motion: training run folder, checkpoint-<N>/ or .../temporal/lora/ "
                                       "(empty: the base model alone)")
@@ -211,21 +229,21 @@ def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blo
             run_train = gr.Button("Train", variant="primary")
             train_status = gr.Textbox(label="Status", interactive=False)
         run_generate.click(show_user_errors(generate), [base, motion, prompt, negative, seed, prior, steps, width,
-                                                        height, frames, guidance, outputs], [video, status])
+                                                        height, frames, guidance, outputs, adapter], [video, status])
         # the trained run becomes the motion to generate with
         run_train.click(show_user_errors(train), [base, clip, clip_prompt, train_steps, train_width, train_height,
-                                                  train_frames, outputs, train_config], [motion, train_status])
+                                                  train_frames, outputs, train_config, adapter], [motion, train_status])
     return demo
 
 
-def prepare_base_model(model: str) -> str:
+def prepare_base_model(model: str, motion_adapter_path: str | None = None) -> str:
     """The default tiny model is built on first use; any other folder must already be a pipeline."""
     if model == TINY_MODEL and not Path(model).exists():
         from utils.tools.tiny_model import build_tiny_pipeline
 
         logger.info("building the tiny offline model in %s", model)
         build_tiny_pipeline(model)
-    base_for_model(model)
+    base_for_model(model, base_options(motion_adapter_path))
     return model
 
 
@@ -240,11 +258,13 @@ def main(argv=None) -> None:
     parser.add_argument("--train_config", default=None,
                         help="training config the Train tab starts from (steps, size and frames come from the form); "
                              "default: configs/config_tiny_cpu.yaml for the tiny model, "
-                             "configs/config_single_video.yaml for a real one")
+                             "configs/config_<base>_single_video.yaml (else config_single_video.yaml) for a real one")
+    parser.add_argument("--motion_adapter_path", default=None,
+                        help="AnimateDiff on a Stable Diffusion 1.5 --model: the MotionAdapter folder or hub id")
     args = parser.parse_args(argv)
-    model = prepare_base_model(args.model)
+    model = prepare_base_model(args.model, args.motion_adapter_path)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    demo = build_demo(model, args.output_dir, args.train_config)
+    demo = build_demo(model, args.output_dir, args.train_config, args.motion_adapter_path)
     demo.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[args.output_dir],
                         ssr_mode=False, show_error=True)
 

@@ -85,6 +85,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("-m", "--model", required=True,
         help="diffusers pipeline folder or hub id: ZeroScope / ModelScope, AnimateDiff or Wan 2.1 (see README, Bases)")
+    add("--motion_adapter_path", default=None,
+        help="AnimateDiff on a Stable Diffusion 1.5 --model: the MotionAdapter folder or hub id to join to it "
+             "(the run's motion_adapter_path)")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("-p", "--prompt", help="text prompt to generate")
     prompt.add_argument("--prompts_file", help="text file of prompts, one a line (blank lines and # comments "
@@ -112,6 +115,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     add("-rn", "--repeat_num", type=int, default=1, help="how many videos to generate for the prompt")
     add("--overwrite", action="store_true",
         help="replace an existing file of the same name (default: add a suffix _1, _2, ...)")
+
+
+def base_options_from_args(args: argparse.Namespace) -> dict:
+    """What the base reads beside --model (as the trainer's `base_options` of a config)."""
+    return {"motion_adapter_path": args.motion_adapter_path} if args.motion_adapter_path else {}
 
 
 def settings_from_args(args: argparse.Namespace, write_gif: bool = False):

@@ -2,6 +2,7 @@
 `model_index.json`, and `load_components` loads it frozen, ready for LoRA.
 
     zeroscope.py    ZeroScope / ModelScopeT2V: UNet3DConditionModel + CLIP + AutoencoderKL, DDIM
+    animatediff.py  AnimateDiff: SD 1.5 UNet + MotionAdapter (UNetMotionModel) + CLIP + AutoencoderKL, DDIM
     spec.py         what every base states (VideoBase) and the loaded Components
     unet_base.py    what the UNet bases share: CLIP text, per-frame VAE, DDPM noise, DDIM inversion
     tiny_parts.py   pieces of the tiny random pipelines the tests build
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from models.bases.animatediff import AnimateDiffBase
 from models.bases.spec import SPATIAL, TEMPORAL, Components, VideoBase
 from models.bases.zeroscope import ZeroScopeBase
 from utils.errors import UserError
@@ -23,7 +25,7 @@ from utils.errors import UserError
 __all__ = ["BASES", "SPATIAL", "TEMPORAL", "Components", "VideoBase", "base_for_model", "get_base",
            "load_components", "read_model_index"]
 
-BASES: dict[str, VideoBase] = {base.name: base for base in (ZeroScopeBase(),)}
+BASES: dict[str, VideoBase] = {base.name: base for base in (ZeroScopeBase(), AnimateDiffBase())}
 
 
 def get_base(name: str) -> VideoBase:

@@ -82,6 +82,8 @@ class TrainConfig:
     """The whole training run; `main(...)` of the original, key for key."""
 
     pretrained_model_path: str = MISSING
+    # AnimateDiff on a Stable Diffusion 1.5 folder: the MotionAdapter (folder or hub id) to join to it.
+    motion_adapter_path: Optional[str] = None
     output_dir: str = MISSING
     train_data: TrainData = field(default_factory=TrainData)
     validation_data: ValidationData = field(default_factory=ValidationData)

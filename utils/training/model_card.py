@@ -11,8 +11,9 @@ from models.bases import is_hub_id
 from utils.run_folder import EXPORT_DIR, MODEL_CARD
 
 
-def model_card(base, model_path: str, prompts: list[str], steps: int, run_name: str) -> str:
-    """The card's text for a run of `base` from `model_path` on clips captioned `prompts`."""
+def model_card(base, model_path: str, prompts: list[str], steps: int, run_name: str, options: dict | None = None) -> str:
+    """The card's text for a run of `base` from `model_path` (with the base `options` of its config,
+    e.g. a motion adapter) on clips captioned `prompts`."""
     hub_base = model_path if is_hub_id(model_path) else None
     tags = ["motiondirector", "lora", "text-to-video", *base.hub_tags]
     front = ["---", "library_name: diffusers"]
@@ -37,7 +38,8 @@ def model_card(base, model_path: str, prompts: list[str], steps: int, run_name: 
         "With this project (the noise prior starts from the inverted training clip):",
         "",
         "```bash",
-        f"python MotionDirector_inference.py --model {model_arg} --checkpoint_folder . --checkpoint_index default \\",
+        f"python MotionDirector_inference.py --model {model_arg}{option_flags(options)} --checkpoint_folder . "
+        "--checkpoint_index default \\",
         '  --prompt "<a new subject doing the motion>" --noise_prior 0.3',
         "```",
         "",
@@ -55,10 +57,16 @@ def model_card(base, model_path: str, prompts: list[str], steps: int, run_name: 
     return "\n".join(front + body).rstrip() + "\n"
 
 
-def write_model_card(run_dir: Path, base, model_path: str, prompts: list[str], steps: int) -> Path:
+def option_flags(options: dict | None) -> str:
+    """The inference flags that repeat the run's base options (` --motion_adapter_path X`)."""
+    return "".join(f" --{key} {value}" for key, value in (options or {}).items())
+
+
+def write_model_card(run_dir: Path, base, model_path: str, prompts: list[str], steps: int,
+                     options: dict | None = None) -> Path:
     path = Path(run_dir) / MODEL_CARD
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(model_card(base, str(model_path), prompts, steps, Path(run_dir).name), encoding="utf-8")
+    tmp.write_text(model_card(base, str(model_path), prompts, steps, Path(run_dir).name, options), encoding="utf-8")
     tmp.replace(path)
     return path
 

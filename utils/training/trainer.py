@@ -112,7 +112,7 @@ def run(cfg) -> Path:
     items = _training_items(cfg, dataset, components, run_dir, accelerator)
     if accelerator.is_main_process:
         write_model_card(run_dir, base, cfg.pretrained_model_path, [item["prompt"] for item in items],
-                         cfg.max_train_steps)
+                         cfg.max_train_steps, base_options(cfg))
     if accelerator.device.type == "cuda":
         # Prompts are encoded once per distinct text: the frozen text encoder need not hold GPU memory.
         components.text_encoder.to("cpu", torch.float32)
@@ -130,7 +130,7 @@ def run(cfg) -> Path:
 
 def base_options(cfg) -> dict:
     """The config keys a base reads beside the model path."""
-    return {}
+    return {"motion_adapter_path": cfg.motion_adapter_path} if cfg.motion_adapter_path else {}
 
 
 def check_sizes(cfg, base) -> None:
