@@ -109,7 +109,7 @@ def training_settings(model: str, device: str, config: str | None = None) -> tup
     (fp16, rank 32, gradient checkpointing), in float32 where there is no GPU (fp16 needs CUDA).
     """
     tiny = default_size(model) < 256
-    config = config or str(TINY_TRAIN_CONFIG if tiny else REAL_TRAIN_CONFIG)
+    config = config or str(TINY_TRAIN_CONFIG if tiny else real_train_config(model))
     overrides = {} if device == "cuda" else {"mixed_precision": "no"}
     return config, overrides
 
@@ -168,17 +168,36 @@ def show_user_errors(fn):
 # ----------------------------------------------------------------------------- page
 
 
+def real_train_config(model: str) -> Path:
+    """The shipped single-video config of the model's base (the original's for a UNet folder)."""
+    try:
+        return REPO / "configs" / base_for_model(model).single_video_config
+    except UserError:
+        return REAL_TRAIN_CONFIG
+
+
 def default_size(model: str) -> int:
-    """The tiny model's native 64 pixels; 384 (the original's default) for real models."""
+    """The tiny model's native 64 pixels; 384 (the original's default) for real UNet models; the
+    base's default width for others (a DiT has no native size)."""
     try:
         sample_size = json.loads((Path(model) / "unet" / "config.json").read_text())["sample_size"]
     except (OSError, KeyError, ValueError):
-        return 384
+        return form_defaults(model)["width"]
     return 384 if 8 * sample_size >= 256 else 8 * sample_size
 
 
+def form_defaults(model: str) -> dict:
+    """The page's starting width, height, frames, steps and guidance: the base's for this folder."""
+    try:
+        return base_for_model(model).folder_sampling(model)
+    except UserError:  # not a pipeline folder: the page still opens, and says so on Generate
+        return dict(width=384, height=384, num_frames=16, num_steps=30, guidance_scale=12.0)
+
+
 def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blocks:
-    size = default_size(model)
+    size, defaults = default_size(model), form_defaults(model)
+    width, height = (size, size) if (Path(model) / "unet").is_dir() else (defaults["width"], defaults["height"])
+    frames_max = max(48, defaults["num_frames"])
     with gr.Blocks(title="MotionDirector") as demo:
         gr.Markdown("# MotionDirector\nCustomise the motion of a text-to-video model, then generate with it.")
         base = gr.Textbox(model, label="Base model folder (diffusers text-to-video)")
@@ -191,12 +210,12 @@ def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blo
             with gr.Row():
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
                 prior = gr.Slider(0, 1, 0, step=0.05, label="Noise prior (0.1-0.5 for single-video motions)")
-                steps = gr.Slider(1, 100, 30, step=1, label="Steps")
-                guidance = gr.Slider(1, 20, 12, step=0.5, label="Guidance scale")
+                steps = gr.Slider(1, 100, defaults["num_steps"], step=1, label="Steps")
+                guidance = gr.Slider(1, 20, defaults["guidance_scale"], step=0.5, label="Guidance scale")
             with gr.Row():
-                width = gr.Slider(64, 1024, size, step=8, label="Width")
-                height = gr.Slider(64, 1024, size, step=8, label="Height")
-                frames = gr.Slider(1, 48, 16, step=1, label="Frames")
+                width = gr.Slider(64, 1024, width, step=8, label="Width")
+                height = gr.Slider(64, 1024, height, step=8, label="Height")
+                frames = gr.Slider(1, frames_max, defaults["num_frames"], step=1, label="Frames")
             run_generate = gr.Button("Generate", variant="primary")
             video = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, buttons=["download"])
             status = gr.Textbox(label="Status", interactive=False)
@@ -205,9 +224,9 @@ def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blo
             clip_prompt = gr.Textbox(label="What the clip shows", placeholder="A person is skateboarding.")
             with gr.Row():
                 train_steps = gr.Slider(1, 1000, 50, step=1, label="Steps")
-                train_width = gr.Slider(64, 1024, size, step=8, label="Width")
-                train_height = gr.Slider(64, 1024, size, step=8, label="Height")
-                train_frames = gr.Slider(1, 48, 16, step=1, label="Frames")
+                train_width = gr.Slider(64, 1024, width, step=8, label="Width")
+                train_height = gr.Slider(64, 1024, height, step=8, label="Height")
+                train_frames = gr.Slider(1, frames_max, defaults["num_frames"], step=1, label="Frames")
             run_train = gr.Button("Train", variant="primary")
             train_status = gr.Textbox(label="Status", interactive=False)
         run_generate.click(show_user_errors(generate), [base, motion, prompt, negative, seed, prior, steps, width,
@@ -239,8 +258,9 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", default="./outputs/app", help="where videos and training runs are written")
     parser.add_argument("--train_config", default=None,
                         help="training config the Train tab starts from (steps, size and frames come from the form); "
-                             "default: configs/config_tiny_cpu.yaml for the tiny model, "
-                             "configs/config_single_video.yaml for a real one")
+                             "default: configs/config_tiny_cpu.yaml for the tiny model, the base's "
+                             "single-video config for a real one (configs/config_single_video.yaml, "
+                             "configs/config_wan_single_video.yaml)")
     args = parser.parse_args(argv)
     model = prepare_base_model(args.model)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

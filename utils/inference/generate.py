@@ -20,7 +20,7 @@ import torch
 
 from models.bases import Components, VideoBase, base_for_model, load_components
 from models.lora import activate, adapter_names, path_of
-from models.lora_io import load_adapter
+from models.lora_io import find_lora_file, load_adapter
 from utils.cli import process_state, resolve_device
 from utils.errors import UserError
 from utils.inference.noise_prior import NoisePrior, mix_noise_prior, prepare_prior_latents
@@ -105,7 +105,7 @@ def prepare_model(model: str, loras: list[LoraRequest], device: str, dtype: torc
     components = load_components(model, device, dtype, options)
     denoiser = components.denoiser
     for lora in loras:
-        targets = components.lora_targets(path_of(lora.adapter_name))
+        targets = components.lora_targets(path_of(lora.adapter_name), find_lora_file(lora.folder))
         file = load_adapter(denoiser, lora.folder, lora.adapter_name, targets, scale=lora.scale)
         logger.info("loaded the %s LoRA from %s at scale %g", lora.adapter_name, file, lora.scale)
     if loras:
