@@ -196,7 +196,8 @@ def form_defaults(model: str) -> dict:
 
 def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blocks:
     size, defaults = default_size(model), form_defaults(model)
-    width, height = (size, size) if (Path(model) / "unet").is_dir() else (defaults["width"], defaults["height"])
+    start_width, start_height = (size, size) if (Path(model) / "unet").is_dir() else (defaults["width"],
+                                                                                       defaults["height"])
     frames_max = max(48, defaults["num_frames"])
     with gr.Blocks(title="MotionDirector") as demo:
         gr.Markdown("# MotionDirector\nCustomise the motion of a text-to-video model, then generate with it.")
@@ -213,8 +214,8 @@ def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blo
                 steps = gr.Slider(1, 100, defaults["num_steps"], step=1, label="Steps")
                 guidance = gr.Slider(1, 20, defaults["guidance_scale"], step=0.5, label="Guidance scale")
             with gr.Row():
-                width = gr.Slider(64, 1024, width, step=8, label="Width")
-                height = gr.Slider(64, 1024, height, step=8, label="Height")
+                width = gr.Slider(64, 1024, start_width, step=8, label="Width")
+                height = gr.Slider(64, 1024, start_height, step=8, label="Height")
                 frames = gr.Slider(1, frames_max, defaults["num_frames"], step=1, label="Frames")
             run_generate = gr.Button("Generate", variant="primary")
             video = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, buttons=["download"])
@@ -224,8 +225,8 @@ def build_demo(model: str, output_dir: str, config: str | None = None) -> gr.Blo
             clip_prompt = gr.Textbox(label="What the clip shows", placeholder="A person is skateboarding.")
             with gr.Row():
                 train_steps = gr.Slider(1, 1000, 50, step=1, label="Steps")
-                train_width = gr.Slider(64, 1024, width, step=8, label="Width")
-                train_height = gr.Slider(64, 1024, height, step=8, label="Height")
+                train_width = gr.Slider(64, 1024, start_width, step=8, label="Width")
+                train_height = gr.Slider(64, 1024, start_height, step=8, label="Height")
                 train_frames = gr.Slider(1, frames_max, defaults["num_frames"], step=1, label="Frames")
             run_train = gr.Button("Train", variant="primary")
             train_status = gr.Textbox(label="Status", interactive=False)

@@ -459,6 +459,7 @@ def test_web_demo_trains_and_generates_with_a_wan_model(wan_dir, tmp_path):
     import app
 
     assert app.form_defaults(str(wan_dir))["num_frames"] == 9 and app.default_size(str(wan_dir)) == 64
+    app.build_demo(str(wan_dir), str(tmp_path))  # the page builds with the Wan defaults
     clip = make_moving_shape_video(tmp_path / "clip.mp4", frames=9, size=64, fps=16)
     run_dir, status = app.train(str(wan_dir), str(clip), "A square is moving to the right.", 1, 64, 64, 9,
                                 output_dir=str(tmp_path))
