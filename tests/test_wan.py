@@ -410,12 +410,12 @@ def test_inference_cli_writes_the_video_with_the_noise_prior(wan_dir, wan_run, t
     from utils.io.video_io import video_info
 
     argv = ["--model", str(wan_dir), "--checkpoint_folder", str(wan_run), "--num-frames", "9", "--noise_prior", "0.3",
-            "-W", "64", "-H", "64", "-s", "2", "-p", PROMPT, "--seed", "4", "-o", str(tmp_path)]
+            "-p", PROMPT, "--seed", "4", "-o", str(tmp_path)]  # sizes and steps: the tiny model's defaults
     assert run_cli(MotionDirector_inference.main, argv) == 0
     video = tmp_path / "A_car_is_running_on_the_road_4.mp4"
     assert capsys.readouterr().out.strip() == f"wrote {video}"
     info = video_info(video)
-    assert (info.num_frames, info.width, info.height, info.fps) == (9, 64, 64, 16)  # Wan's 16 fps by default
+    assert (info.num_frames, info.width, info.height, info.fps) == (9, 64, 64, 16)  # Wan's 16 fps
 
 
 def test_noise_prior_starts_from_the_mix_of_inversion_and_noise(wan_dir, wan_run, tmp_path, monkeypatch):

@@ -15,9 +15,10 @@ from models.bases import tiny_parts
 from models.bases.wan_parts import SCHEDULER_CONFIG
 
 # Two blocks of two 12-wide heads (rope splits 12 into 4 + 4 + 4); 64x64x9 clips are 3x8x8 latents.
+# Rope positions up to 128 per axis: frames up to 2048 pixels wide.
 TINY_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
                         out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32)
+                        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=128)
 # Three downsamples in space (8x) and two in time (4x) as the real VAE, 3 channels wide.
 TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
 TINY_TEXT_ENCODER = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)

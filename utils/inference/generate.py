@@ -65,9 +65,10 @@ class GenerationSettings:
     write_gif: bool = False  # the multi-path script of the original also wrote a GIF
 
 
-def with_base_defaults(settings: GenerationSettings, base: VideoBase) -> GenerationSettings:
-    """The settings with every None taken from the base's sampling defaults."""
-    defaults = dict(base.default_sampling, fps=base.default_fps)
+def with_base_defaults(settings: GenerationSettings, base: VideoBase, model: str | None = None) -> GenerationSettings:
+    """The settings with every None taken from the base's sampling defaults (for `model`'s folder)."""
+    sampling = base.folder_sampling(model) if model else base.default_sampling
+    defaults = dict(sampling, fps=base.default_fps)
     missing = {f.name: defaults[f.name] for f in fields(settings)
                if getattr(settings, f.name) is None and f.name in defaults}
     return replace(settings, **missing)
@@ -275,7 +276,7 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
     """
     device, dtype = device_and_dtype(device)
     base = base_for_model(model, options)
-    settings = with_base_defaults(settings, base)
+    settings = with_base_defaults(settings, base, model)
     check_settings(settings, base)
     prompts = prompts or [settings.prompt]
     seeds = repeat_seeds(settings.seed, settings.repeat_num)
