@@ -73,7 +73,7 @@ def resolve_motion(folder: str) -> tuple[Path | None, Path | None]:
 
 @functools.lru_cache(maxsize=1)  # one pipeline in memory; reloaded when the model or motion changes
 def _pipeline(model: str, lora: Path | None, modified: float):
-    device, dtype = device_and_dtype(None)
+    device, dtype = device_and_dtype(None, base_for_model(model))
     loras = [LoraRequest(lora, TEMPORAL, 1.0)] if lora else []
     return prepare_model(model, loras, device, dtype)
 

@@ -232,6 +232,7 @@ class VideoBase:
 
     inversion_steps = 50
     default_sampling = dict(width=384, height=384, num_frames=16, num_steps=30, guidance_scale=12.0)
+    cuda_dtype = torch.float16  # the weights' dtype for inference on a GPU
     single_video_config = "config_single_video.yaml"  # the shipped configs/ file a one-clip run starts from
 
     def folder_sampling(self, model_path: str) -> dict:

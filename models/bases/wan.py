@@ -70,6 +70,7 @@ class WanBase(VideoBase):
     # Wan's own defaults at 480p (832x480, 50 steps, guidance 5), at the frame count the configs
     # train at: the noise prior needs the training clip's length.
     default_sampling = dict(width=832, height=480, num_frames=49, num_steps=50, guidance_scale=5.0)
+    cuda_dtype = torch.bfloat16  # Wan's weights and the diffusers examples are bf16
     single_video_config = "config_wan_single_video.yaml"
     export_files = (
         ExportFile(wan_exports.DIFFUSERS_EXPORT, "diffusers (`WanPipeline.load_lora_weights`)", HOW_TO_LOAD_DIFFUSERS),

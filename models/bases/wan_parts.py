@@ -111,9 +111,10 @@ def umt5_states(tokenizer, text_encoder, prompts: list[str], length: int, device
 def _encoding_device(text_encoder, device: torch.device) -> torch.device:
     if device.type != "cuda":
         return text_encoder.device
-    weights = sum(p.numel() * p.element_size() for p in text_encoder.parameters())
-    free = torch.cuda.mem_get_info(device)[0]
-    return device if free > 1.25 * weights else text_encoder.device  # else: slower, on the CPU
+    needed = 1.25 * sum(p.numel() * p.element_size() for p in text_encoder.parameters())
+    if torch.cuda.mem_get_info(device)[0] < needed:
+        torch.cuda.empty_cache()  # training steps leave their activations' blocks reserved
+    return device if torch.cuda.mem_get_info(device)[0] > needed else text_encoder.device  # else: on the CPU
 
 
 # ----------------------------------------------------------------------------- VAE latents

@@ -90,14 +90,16 @@ def check_settings(settings: GenerationSettings, base: VideoBase) -> None:
 # ----------------------------------------------------------------------------- model
 
 
-def device_and_dtype(requested: str | None) -> tuple[str, torch.dtype]:
-    """fp16 on CUDA as the original, fp32 elsewhere (CPU half is slow and partly unsupported)."""
+def device_and_dtype(requested: str | None, base: VideoBase | None = None) -> tuple[str, torch.dtype]:
+    """The base's half precision on CUDA (fp16 as the original, bf16 for Wan), fp32 elsewhere
+    (CPU half is slow and partly unsupported)."""
     state = process_state()
     if requested is None and state.num_processes > 1:
         device = str(state.device)  # one GPU per process under `accelerate launch`
     else:
         device = resolve_device(requested)
-    return device, torch.float16 if device.startswith("cuda") else torch.float32
+    half = base.cuda_dtype if base is not None else torch.float16
+    return device, half if device.startswith("cuda") else torch.float32
 
 
 def prepare_model(model: str, loras: list[LoraRequest], device: str, dtype: torch.dtype,
@@ -274,8 +276,8 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
 
     `prompts` (default: settings.prompt alone) are each generated with the same seeds.
     """
-    device, dtype = device_and_dtype(device)
     base = base_for_model(model, options)
+    device, dtype = device_and_dtype(device, base)
     settings = with_base_defaults(settings, base, model)
     check_settings(settings, base)
     prompts = prompts or [settings.prompt]
