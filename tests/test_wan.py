@@ -13,8 +13,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from models.bases import Components, base_for_model, get_base, load_components
 from models.bases.spec import SPATIAL, TEMPORAL
-from models.bases.wan_parts import SCHEDULER_CONFIG, flow_scheduler_of, shifted
-from models.lora import activate, adapter_parameters, add_adapter, lora_layers
+from models.bases.wan_parts import SCHEDULER_CONFIG, flow_scheduler_of
+from models.lora import adapter_parameters, add_adapter, lora_layers
 from models.lora_io import adapter_state_dict, load_adapter, save_adapter
 from utils.errors import UserError
 from utils.training import step as ts
