@@ -36,6 +36,7 @@ from utils.inference.generate import (
     check_settings,
     checked_noise_prior,
     device_and_dtype,
+    inference_device,
     generate_videos,
     prepare_model,
     with_base_defaults,
@@ -78,7 +79,8 @@ def base_options(motion_adapter_path: str | None) -> dict:
 
 @functools.lru_cache(maxsize=1)  # one pipeline in memory; reloaded when the model or motion changes
 def _pipeline(model: str, lora: Path | None, modified: float, motion_adapter_path: str | None = None):
-    device, dtype = device_and_dtype(None)
+    options = base_options(motion_adapter_path)
+    device, dtype = device_and_dtype(None, base_for_model(model, options))
     loras = [LoraRequest(lora, TEMPORAL, 1.0)] if lora else []
     return prepare_model(model, loras, device, dtype, options=base_options(motion_adapter_path))
 
@@ -120,16 +122,6 @@ def training_settings(model: str, device: str, config: str | None = None,
     return config, overrides
 
 
-def real_train_config(model: str, motion_adapter_path: str | None = None) -> Path:
-    """configs/config_<base>_single_video.yaml of the model's base when shipped, else ZeroScope's."""
-    try:
-        name = base_for_model(model, base_options(motion_adapter_path)).name
-    except UserError:  # not a readable pipeline folder: training will say why
-        return REAL_TRAIN_CONFIG
-    config = REPO / "configs" / f"config_{name}_single_video.yaml"
-    return config if config.is_file() else REAL_TRAIN_CONFIG
-
-
 def _free_generation_model() -> None:
     """Training loads its own copy of the model: drop the Generate tab's one first."""
     _pipeline.cache_clear()
@@ -147,7 +139,7 @@ def train(model, clip, prompt, steps, width, height, frames, output_dir="./outpu
         raise UserError("describe the training clip in the prompt")
     from utils.training.trainer import run  # imports accelerate and peft: only when training
 
-    config, overrides = training_settings(model, device_and_dtype(None)[0], config, motion_adapter_path)
+    config, overrides = training_settings(model, inference_device(None), config, motion_adapter_path)
     overrides |= {
         "pretrained_model_path": model,
         "motion_adapter_path": json.dumps(motion_adapter_path or ""),
@@ -185,18 +177,38 @@ def show_user_errors(fn):
 # ----------------------------------------------------------------------------- page
 
 
+def real_train_config(model: str, motion_adapter_path: str | None = None) -> Path:
+    """The shipped single-video config of the model's base (the original's for a UNet folder)."""
+    try:
+        return REPO / "configs" / base_for_model(model, base_options(motion_adapter_path)).single_video_config
+    except UserError:  # not a readable pipeline folder: training will say why
+        return REAL_TRAIN_CONFIG
+
+
 def default_size(model: str) -> int:
-    """The tiny model's native 64 pixels; 384 (the original's default) for real models."""
+    """The tiny model's native 64 pixels; 384 (the original's default) for real UNet models; the
+    base's default width for others (a DiT has no native size)."""
     try:
         sample_size = json.loads((Path(model) / "unet" / "config.json").read_text())["sample_size"]
     except (OSError, KeyError, ValueError):
-        return 384
+        return form_defaults(model)["width"]
     return 384 if 8 * sample_size >= 256 else 8 * sample_size
+
+
+def form_defaults(model: str, motion_adapter_path: str | None = None) -> dict:
+    """The page's starting width, height, frames, steps and guidance: the base's for this folder."""
+    try:
+        return base_for_model(model, base_options(motion_adapter_path)).folder_sampling(model)
+    except UserError:  # not a pipeline folder: the page still opens, and says so on Generate
+        return dict(width=384, height=384, num_frames=16, num_steps=30, guidance_scale=12.0)
 
 
 def build_demo(model: str, output_dir: str, config: str | None = None,
                motion_adapter_path: str | None = None) -> gr.Blocks:
-    size = default_size(model)
+    size, defaults = default_size(model), form_defaults(model, motion_adapter_path)
+    start_width, start_height = (size, size) if (Path(model) / "unet").is_dir() else (defaults["width"],
+                                                                                       defaults["height"])
+    frames_max = max(48, defaults["num_frames"])
     with gr.Blocks(title="MotionDirector") as demo:
         gr.Markdown("# MotionDirector\nCustomise the motion of a text-to-video model, then generate with it.")
         base = gr.Textbox(model, label="Base model folder (diffusers text-to-video)")
@@ -209,12 +221,12 @@ def build_demo(model: str, output_dir: str, config: str | None = None,
             with gr.Row():
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
                 prior = gr.Slider(0, 1, 0, step=0.05, label="Noise prior (0.1-0.5 for single-video motions)")
-                steps = gr.Slider(1, 100, 30, step=1, label="Steps")
-                guidance = gr.Slider(1, 20, 12, step=0.5, label="Guidance scale")
+                steps = gr.Slider(1, 100, defaults["num_steps"], step=1, label="Steps")
+                guidance = gr.Slider(1, 20, defaults["guidance_scale"], step=0.5, label="Guidance scale")
             with gr.Row():
-                width = gr.Slider(64, 1024, size, step=8, label="Width")
-                height = gr.Slider(64, 1024, size, step=8, label="Height")
-                frames = gr.Slider(1, 48, 16, step=1, label="Frames")
+                width = gr.Slider(64, 1024, start_width, step=8, label="Width")
+                height = gr.Slider(64, 1024, start_height, step=8, label="Height")
+                frames = gr.Slider(1, frames_max, defaults["num_frames"], step=1, label="Frames")
             run_generate = gr.Button("Generate", variant="primary")
             video = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, buttons=["download"])
             status = gr.Textbox(label="Status", interactive=False)
@@ -223,9 +235,9 @@ def build_demo(model: str, output_dir: str, config: str | None = None,
             clip_prompt = gr.Textbox(label="What the clip shows", placeholder="A person is skateboarding.")
             with gr.Row():
                 train_steps = gr.Slider(1, 1000, 50, step=1, label="Steps")
-                train_width = gr.Slider(64, 1024, size, step=8, label="Width")
-                train_height = gr.Slider(64, 1024, size, step=8, label="Height")
-                train_frames = gr.Slider(1, 48, 16, step=1, label="Frames")
+                train_width = gr.Slider(64, 1024, start_width, step=8, label="Width")
+                train_height = gr.Slider(64, 1024, start_height, step=8, label="Height")
+                train_frames = gr.Slider(1, frames_max, defaults["num_frames"], step=1, label="Frames")
             run_train = gr.Button("Train", variant="primary")
             train_status = gr.Textbox(label="Status", interactive=False)
         run_generate.click(show_user_errors(generate), [base, motion, prompt, negative, seed, prior, steps, width,
@@ -257,8 +269,9 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", default="./outputs/app", help="where videos and training runs are written")
     parser.add_argument("--train_config", default=None,
                         help="training config the Train tab starts from (steps, size and frames come from the form); "
-                             "default: configs/config_tiny_cpu.yaml for the tiny model, "
-                             "configs/config_<base>_single_video.yaml (else config_single_video.yaml) for a real one")
+                             "default: configs/config_tiny_cpu.yaml for the tiny model, the base's "
+                             "single-video config for a real one (e.g. configs/config_single_video.yaml, "
+                             "configs/config_animatediff_single_video.yaml, configs/config_wan_single_video.yaml)")
     parser.add_argument("--motion_adapter_path", default=None,
                         help="AnimateDiff on a Stable Diffusion 1.5 --model: the MotionAdapter folder or hub id")
     args = parser.parse_args(argv)

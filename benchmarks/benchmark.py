@@ -269,8 +269,10 @@ def peak_tflops(device: torch.device, precision: str, tf32: bool) -> float | Non
 class TrainBench:
     """One clip's latents, both LoRA paths and their optimisers on the UNet: what a step needs."""
 
-    def __init__(self, args, components: Components, latents: torch.Tensor, device: torch.device):
+    def __init__(self, args, components: Components, latents: torch.Tensor, device: torch.device,
+                 frame_latents: torch.Tensor | None = None):
         self.args, self.c, self.unet, self.latents, self.device = args, components, components.denoiser, latents, device
+        self.frame_latents = frame_latents  # per-frame image latents, for a base whose VAE mixes frames
         self.original = args.original_order
         self.reencode = args.no_prompt_cache or self.original
         self.fused = not (args.no_fused_adam or self.original)  # the trainer fuses on every device
@@ -343,7 +345,7 @@ class TrainBench:
     def forward_backward_seeded(self) -> ts.StepLosses:
         return ts.train_step(
             self.c, self.latents, self.embeddings(), self.adapters, self.spatial,
-            self.settings, backward=self._backward, autocast=self.autocast,
+            self.settings, backward=self._backward, autocast=self.autocast, frame_latents=self.frame_latents,
         )
 
     def zero_grad(self) -> None:
@@ -362,7 +364,8 @@ class TrainBench:
         loss_spatial = None
         if not skip_spatial:
             self.adapters.use(active=[self.spatial], trainable=[self.spatial])
-            frame_in, frame_target = ts.spatial_sample(self.c, noisy, target, timesteps, self.settings, None)
+            frame_in, frame_target = ts.spatial_sample(self.c, noisy, target, timesteps, self.settings, None,
+                                                       self.frame_latents)
             with self.autocast():
                 pred = self.c.predict(frame_in, timesteps, embeddings)
             loss_spatial = F.mse_loss(pred[:, :, 0].float(), frame_target.float())
@@ -451,6 +454,11 @@ def time_caching(components: Components, pixels: torch.Tensor, device) -> tuple[
     return latents.float(), seconds
 
 
+def image_latents(components: Components, pixels: torch.Tensor) -> torch.Tensor | None:
+    """Each frame encoded alone, for the spatial path of a base whose clip latents mix frames (Wan)."""
+    return None if components.base.frames_are_images else components.encode_frames(pixels[None]).float()
+
+
 def time_inversion(components: Components, latents: torch.Tensor, steps: int, device) -> float:
     """The base's inversion of the clip with the empty prompt, as the latent cache does (no LoRA)."""
     components.denoiser.eval()
@@ -531,7 +539,7 @@ def run(args) -> dict:
         if not args.skip_inversion:
             result["inversion_s"] = time_inversion(components, latents, args.inversion_steps, device)
 
-    bench = TrainBench(args, components, latents, device)
+    bench = TrainBench(args, components, latents, device, image_latents(components, pixels))
     seeds = [args.seed + args.warmup + i for i in range(args.steps)]
     flops = count_train_flops(bench, seeds) if device.type == "cuda" or args.count_flops else None
     if args.compile:
@@ -709,8 +717,9 @@ def check_estimate(args) -> dict:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     components = build_components(args, device, DTYPES[args.precision])
-    latents = components.encode_video(load_clip(args).to(device, DTYPES[args.precision])[None]).float()
-    bench = TrainBench(args, components, latents, device)
+    pixels = load_clip(args).to(device, DTYPES[args.precision])
+    latents = components.encode_video(pixels[None]).float()
+    bench = TrainBench(args, components, latents, device, image_latents(components, pixels))
     seed = next(s for s in range(args.seed, args.seed + 100) if not spatial_skipped(s))  # both losses
     bench.step(seed)  # warm-up: the AdamW state and the prompt cache exist before the measured step
     if device.type == "cuda":

@@ -102,6 +102,8 @@ class CudaAutocast(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
+            # diffusers' attention dispatch (Wan) passes query/key/value by keyword
+            args = (*args, *(kwargs.pop(name) for name in ("query", "key", "value") if name in kwargs))
             return self.attention(*_cast(args, self.dtype) if self.enabled else args, **kwargs)
         if self.enabled and func in _LOWER:
             return func(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))

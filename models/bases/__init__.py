@@ -3,6 +3,8 @@
 
     zeroscope.py    ZeroScope / ModelScopeT2V: UNet3DConditionModel + CLIP + AutoencoderKL, DDIM
     animatediff.py  AnimateDiff: SD 1.5 UNet + MotionAdapter (UNetMotionModel) + CLIP + AutoencoderKL, DDIM
+    wan.py          Wan 2.1 T2V: WanTransformer3DModel (DiT) + UMT5 + AutoencoderKLWan, flow matching
+                    (wan_layers: LoRA layer choice, wan_parts: its pieces, wan_exports, wan_tiny)
     spec.py         what every base states (VideoBase) and the loaded Components
     unet_base.py    what the UNet bases share: CLIP text, per-frame VAE, DDPM noise, DDIM inversion
     tiny_parts.py   pieces of the tiny random pipelines the tests build
@@ -19,13 +21,14 @@ import torch
 
 from models.bases.animatediff import AnimateDiffBase
 from models.bases.spec import SPATIAL, TEMPORAL, Components, VideoBase
+from models.bases.wan import WanBase
 from models.bases.zeroscope import ZeroScopeBase
 from utils.errors import UserError
 
 __all__ = ["BASES", "SPATIAL", "TEMPORAL", "Components", "VideoBase", "base_for_model", "get_base",
            "load_components", "read_model_index"]
 
-BASES: dict[str, VideoBase] = {base.name: base for base in (ZeroScopeBase(), AnimateDiffBase())}
+BASES: dict[str, VideoBase] = {base.name: base for base in (ZeroScopeBase(), AnimateDiffBase(), WanBase())}
 
 
 def get_base(name: str) -> VideoBase:
@@ -89,7 +92,9 @@ def load_components(model_path: str, device="cpu", dtype: torch.dtype = torch.fl
     except OSError as err:
         raise UserError(f"cannot load the model from {model_path}: {str(err).splitlines()[0]}") from None
     for model in (components.text_encoder, components.vae, components.denoiser):
-        model.requires_grad_(False).to(device)
+        model.requires_grad_(False)
+        if not (model is components.text_encoder and base.text_encoder_on_cpu):
+            model.to(device)
     components.text_encoder.eval()
     components.vae.eval()
     return components

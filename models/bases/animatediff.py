@@ -168,6 +168,7 @@ class AnimateDiffBase(UNetBase):
     checkpoint_granularities = ("block", "fine")
     default_granularity = "fine"
     archs = ("animatediff",)
+    single_video_config = "config_animatediff_single_video.yaml"
     # diffusers' AnimateDiff docs example: 16 frames, 25 DDIM steps, guidance 7.5, at SD 1.5's
     # native 512x512 (the pipeline's default size, unet sample_size 64 x 8).
     default_sampling = dict(width=512, height=512, num_frames=16, num_steps=25, guidance_scale=7.5)
@@ -193,7 +194,10 @@ class AnimateDiffBase(UNetBase):
                             f"{', '.join(m + '/' for m in missing)} (build the tiny test model with "
                             "`python -m utils.tools.tiny_model DIR --base animatediff`)")
 
+    accepted_options = ("motion_adapter_path",)
+
     def check_options(self, model_index: dict, options: dict) -> None:
+        super().check_options(model_index, options)
         adapter = options.get("motion_adapter_path") or ""
         kind = model_index.get("_class_name")
         if kind == STABLE_DIFFUSION_PIPELINE and not adapter:

@@ -50,7 +50,10 @@ class Components:
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.base.predict(self.denoiser, noisy, timesteps, text)
 
-    def lora_targets(self, path: str) -> list[str]:
+    def lora_targets(self, path: str, file=None) -> list[str]:
+        """The linears LoRA path `path` adapts; for loading a saved adapter `file`, the ones it holds."""
+        if file is not None:
+            return self.base.lora_targets_of_file(self.denoiser, path, file)
         return self.base.lora_targets(self.denoiser, path)
 
 
@@ -79,6 +82,9 @@ class VideoBase:
     # spatial path then slices the clip's latents. False (a VAE that mixes frames): the spatial
     # path uses per-frame image latents cached beside the clip's.
     frames_are_images = True
+    # True: `load_components` leaves the text encoder on the CPU (in its dtype) and the base moves
+    # it to the GPU only while it encodes (Wan's 11 GB UMT5); the trainer does not move it either.
+    text_encoder_on_cpu = False
 
     # ------------------------------------------------------------------ sizes
 
@@ -109,8 +115,14 @@ class VideoBase:
     def check_folder(self, path: Path) -> None:
         """A local model folder must hold what `load` reads (raise UserError otherwise)."""
 
+    accepted_options: tuple[str, ...] = ()  # the base-specific config keys this base reads
+
     def check_options(self, model_index: dict, options: dict) -> None:
-        """The config's base options (e.g. a motion adapter) must suit this model (UserError otherwise)."""
+        """The config's base options (e.g. a motion adapter) must suit this model (UserError otherwise);
+        a key another base reads is refused rather than silently ignored."""
+        for key, value in options.items():
+            if value and key not in self.accepted_options:
+                raise UserError(f"{key} does not apply to {self.label}; remove the key (or set it to null)")
 
     def load(self, model_path: str, device, dtype: torch.dtype, options: dict | None = None) -> Components:
         raise NotImplementedError
@@ -151,6 +163,11 @@ class VideoBase:
     def lora_targets(self, denoiser: torch.nn.Module, path: str) -> list[str]:
         """Full names of the linears a LoRA path adapts, in registration order."""
         raise NotImplementedError
+
+    def lora_targets_of_file(self, denoiser: torch.nn.Module, path: str, file: Path) -> list[str]:
+        """The linears to give a saved adapter of `path` (a base whose layers are configurable
+        reads them from the file); by default the path's fixed targets."""
+        return self.lora_targets(denoiser, path)
 
     def checkpoint_targets(self, denoiser: torch.nn.Module, granularity: str) -> list[torch.nn.Module]:
         """The modules whose forward is recomputed in the backward pass at `granularity`."""
@@ -202,13 +219,14 @@ class VideoBase:
         from tqdm.auto import tqdm
 
         scheduler = self.sampling_scheduler(components.scheduler, num_steps, latents.device)
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
+        scale_input = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
         denoiser = components.denoiser
         guided = uncond is not None and guidance_scale > 1.0
         text = (torch.cat([uncond, cond]) if guided else cond).to(latents.device, denoiser.dtype)
         for t in tqdm(scheduler.timesteps, desc="Sampling", disable=not progress, leave=False):
             model_in = torch.cat([latents] * 2) if guided else latents
-            model_in = scheduler.scale_model_input(model_in, t)
+            model_in = scale_input(model_in, t)
             pred = self.predict(denoiser, model_in.to(denoiser.dtype), t, text).float()
             if guided:
                 pred_uncond, pred_cond = pred.chunk(2)
@@ -218,6 +236,12 @@ class VideoBase:
 
     inversion_steps = 50
     default_sampling = dict(width=384, height=384, num_frames=16, num_steps=30, guidance_scale=12.0)
+    cuda_dtype = torch.float16  # the weights' dtype for inference on a GPU
+    single_video_config = "config_single_video.yaml"  # the shipped configs/ file a one-clip run starts from
+
+    def folder_sampling(self, model_path: str) -> dict:
+        """`default_sampling` for one model folder (a base's tiny test model has its own small size)."""
+        return dict(self.default_sampling)
 
     # ------------------------------------------------------------------ tools
 

@@ -20,7 +20,7 @@ import torch
 
 from models.bases import Components, VideoBase, base_for_model, load_components
 from models.lora import activate, adapter_names, path_of
-from models.lora_io import load_adapter
+from models.lora_io import find_lora_file, load_adapter
 from utils.cli import process_state, resolve_device
 from utils.errors import UserError
 from utils.inference.noise_prior import NoisePrior, mix_noise_prior, prepare_prior_latents
@@ -65,9 +65,10 @@ class GenerationSettings:
     write_gif: bool = False  # the multi-path script of the original also wrote a GIF
 
 
-def with_base_defaults(settings: GenerationSettings, base: VideoBase) -> GenerationSettings:
-    """The settings with every None taken from the base's sampling defaults."""
-    defaults = dict(base.default_sampling, fps=base.default_fps)
+def with_base_defaults(settings: GenerationSettings, base: VideoBase, model: str | None = None) -> GenerationSettings:
+    """The settings with every None taken from the base's sampling defaults (for `model`'s folder)."""
+    sampling = base.folder_sampling(model) if model else base.default_sampling
+    defaults = dict(sampling, fps=base.default_fps)
     missing = {f.name: defaults[f.name] for f in fields(settings)
                if getattr(settings, f.name) is None and f.name in defaults}
     return replace(settings, **missing)
@@ -89,14 +90,23 @@ def check_settings(settings: GenerationSettings, base: VideoBase) -> None:
 # ----------------------------------------------------------------------------- model
 
 
-def device_and_dtype(requested: str | None) -> tuple[str, torch.dtype]:
-    """fp16 on CUDA as the original, fp32 elsewhere (CPU half is slow and partly unsupported)."""
+def inference_device(requested: str | None) -> str:
+    """The requested device (a missing GPU is an error), else this process's GPU or the CPU."""
     state = process_state()
     if requested is None and state.num_processes > 1:
-        device = str(state.device)  # one GPU per process under `accelerate launch`
-    else:
-        device = resolve_device(requested)
-    return device, torch.float16 if device.startswith("cuda") else torch.float32
+        return str(state.device)  # one GPU per process under `accelerate launch`
+    return resolve_device(requested)
+
+
+def inference_dtype(device: str, base: VideoBase) -> torch.dtype:
+    """The base's half precision on CUDA (fp16 as the original, bf16 for Wan), fp32 elsewhere
+    (CPU half is slow and partly unsupported)."""
+    return base.cuda_dtype if device.startswith("cuda") else torch.float32
+
+
+def device_and_dtype(requested: str | None, base: VideoBase) -> tuple[str, torch.dtype]:
+    device = inference_device(requested)
+    return device, inference_dtype(device, base)
 
 
 def prepare_model(model: str, loras: list[LoraRequest], device: str, dtype: torch.dtype,
@@ -105,7 +115,7 @@ def prepare_model(model: str, loras: list[LoraRequest], device: str, dtype: torc
     components = load_components(model, device, dtype, options)
     denoiser = components.denoiser
     for lora in loras:
-        targets = components.lora_targets(path_of(lora.adapter_name))
+        targets = components.lora_targets(path_of(lora.adapter_name), find_lora_file(lora.folder))
         file = load_adapter(denoiser, lora.folder, lora.adapter_name, targets, scale=lora.scale)
         logger.info("loaded the %s LoRA from %s at scale %g", lora.adapter_name, file, lora.scale)
     if loras:
@@ -273,9 +283,10 @@ def run_generation(model: str, loras: list[LoraRequest], settings: GenerationSet
 
     `prompts` (default: settings.prompt alone) are each generated with the same seeds.
     """
-    device, dtype = device_and_dtype(device)
+    device = inference_device(device)  # a missing GPU fails before the model folder is read
     base = base_for_model(model, options)
-    settings = with_base_defaults(settings, base)
+    dtype = inference_dtype(device, base)
+    settings = with_base_defaults(settings, base, model)
     check_settings(settings, base)
     prompts = prompts or [settings.prompt]
     seeds = repeat_seeds(settings.seed, settings.repeat_num)

@@ -101,6 +101,9 @@ class TrainConfig:
     train_spatial_lora: bool = True
     appearance_debiased_loss: bool = True
     random_hflip_img: float = -1.0  # probability of a flipped frame for the spatial loss
+    # Base-specific: which layers each LoRA path adapts, for a base that lets you choose (Wan:
+    # {spatial: [attn1, ffn], temporal: [attn1]}, the default). Others have fixed layers.
+    lora_layers: Optional[Dict[str, Any]] = None
 
     # Noise.
     use_offset_noise: bool = False

@@ -113,7 +113,7 @@ def run(cfg) -> Path:
     if accelerator.is_main_process:
         write_model_card(run_dir, base, cfg.pretrained_model_path, [item["prompt"] for item in items],
                          cfg.max_train_steps, base_options(cfg))
-    if accelerator.device.type == "cuda":
+    if accelerator.device.type == "cuda" and not base.text_encoder_on_cpu:
         # Prompts are encoded once per distinct text: the frozen text encoder need not hold GPU memory.
         components.text_encoder.to("cpu", torch.float32)
     adapters = add_adapters(cfg, components, len(items), resume_from)
@@ -130,7 +130,12 @@ def run(cfg) -> Path:
 
 def base_options(cfg) -> dict:
     """The config keys a base reads beside the model path."""
-    return {"motion_adapter_path": cfg.motion_adapter_path} if cfg.motion_adapter_path else {}
+    options = {}
+    if cfg.motion_adapter_path:
+        options["motion_adapter_path"] = cfg.motion_adapter_path
+    if cfg.lora_layers:
+        options["lora_layers"] = OmegaConf.to_container(cfg.lora_layers)
+    return options
 
 
 def check_sizes(cfg, base) -> None:
@@ -304,6 +309,7 @@ class TrainingLoop:
         self.cfg, self.acc, self.c = cfg, accelerator, components
         self.adapters, self.optimisers, self.items, self.run_dir = adapters, optimisers, items, Path(run_dir)
         self.prompts = PromptCache(components, accelerator.device)
+        self.prompts(sorted({item["prompt"] for item in items}))  # all before the first step
         self.settings = StepSettings(
             train_spatial=cfg.train_spatial_lora,
             appearance_debias=cfg.appearance_debiased_loss,
