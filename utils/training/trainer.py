@@ -21,8 +21,15 @@ from models.bases import base_for_model, load_components
 from models.checkpointing import enable_gradient_checkpointing
 from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, path_of, spatial_adapter_names
 from models.lora_io import load_adapter
-from utils.run_folder import CACHE_DIR, CONFIG_FILE, LOGS_DIR, SAMPLES_DIR, STATE_FILE, adapter_folder, new_run_dir
-from utils.training.checkpoints import resolve_resume, rng_state, save_checkpoint, save_final, set_rng_state
+from utils.run_folder import CACHE_DIR, CONFIG_FILE, LOGS_DIR, SAMPLES_DIR, adapter_folder, new_run_dir
+from utils.training.checkpoints import (
+    load_training_state,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+)
 from utils.cli import process_state
 from utils.training.config import save_config
 from utils.training.dataset import build_dataset
@@ -319,7 +326,7 @@ class TrainingLoop:
 
     def resume(self, checkpoint: Path) -> int:
         """Optimisers, LR schedulers, grad scaler and RNG of `checkpoint` (adapters are loaded already)."""
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_training_state(checkpoint)
         self.optimisers.load_state_dict(state["optimisers"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
