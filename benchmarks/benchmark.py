@@ -281,11 +281,9 @@ class TrainBench:
         self.spatial = spatial_adapter_names(1)[0]
         torch.manual_seed(args.seed)  # LoRA init
         for name, path in ((TEMPORAL, TEMPORAL), (self.spatial, SPATIAL)):
-            add_adapter(self.unet, name, components.lora_targets(path), args.rank, LORA_DROPOUT)
+            # trainable LoRA weights in fp32 under fp16/bf16, as the trainer makes them
+            add_adapter(self.unet, name, components.lora_targets(path), args.rank, LORA_DROPOUT, dtype=torch.float32)
         params = {name: adapter_parameters(self.unet, name) for name in (TEMPORAL, self.spatial)}
-        for plist in params.values():
-            for p in plist:  # trainable LoRA weights stay fp32 under fp16/bf16, as in the trainer
-                p.data = p.data.float()
         self.adapters = ts.Adapters([self.spatial], params, lora_layers(self.unet), TEMPORAL)
         self.optimisers = self._make_optimisers(params)
         self.prompts = PromptCache(components)

@@ -220,12 +220,10 @@ def add_adapters(cfg, components, num_items: int, resume_from: Path | None) -> A
         if start is not None:  # float32, never through the frozen UNet's half precision
             load_adapter(unet, start, name, components.lora_targets(path_of(name)), dropout=cfg.lora_unet_dropout,
                          dtype=torch.float32)
-        else:
-            add_adapter(unet, name, components.lora_targets(path_of(name)), cfg.lora_rank, cfg.lora_unet_dropout)
+        else:  # float32 draws, never rounded through the frozen model's half precision
+            add_adapter(unet, name, components.lora_targets(path_of(name)), cfg.lora_rank, cfg.lora_unet_dropout,
+                        dtype=torch.float32)
     params = {name: adapter_parameters(unet, name) for name in names}
-    for plist in params.values():
-        for p in plist:  # trainable LoRA weights stay float32 under fp16/bf16 (frozen UNet is cast)
-            p.data = p.data.float()
     return Adapters(spatial, params, lora_layers(unet), TEMPORAL if cfg.train_temporal_lora else None)
 
 
