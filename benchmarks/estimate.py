@@ -165,6 +165,19 @@ def cpu_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale
 
 
 @contextmanager
+def lora_sees_emulated_autocast(emulation: CudaAutocast):
+    """LeanLoraLinear asks `models.fast_layers.autocast_dtype` whether autocast is on (to run its
+    branch in the compute dtype); real autocast is never on here, so it answers for the emulation."""
+    from models import fast_layers
+
+    def autocast_dtype(device_type: str):
+        return emulation.dtype if emulation.enabled and emulation.dtype != torch.float32 else None
+
+    with mock.patch.object(fast_layers, "autocast_dtype", autocast_dtype):
+        yield
+
+
+@contextmanager
 def recompute_with_autocast_state(emulation: CudaAutocast):
     """Checkpoint recomputation runs with the autocast state of the original forward, as on CUDA."""
     original = torch.utils.checkpoint.checkpoint
@@ -386,7 +399,7 @@ def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda
     with torch.random.fork_rng():
         materialise(unet, dtype)
         tracer = StepTracer(base, unet, setup, sizes["text"], emulation.autocast if target == "cuda" else nullcontext)
-        with ZeroItems(), emulation, recompute_with_autocast_state(emulation):
+        with ZeroItems(), emulation, recompute_with_autocast_state(emulation), lora_sees_emulated_autocast(emulation):
             peak, counter = trace(unet, tracer)
     random.setstate(python_rng)
     vae = vae_bytes(base, sizes["vae"], dtype) if setup.arch in base.archs else 0
