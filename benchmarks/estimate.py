@@ -71,9 +71,10 @@ _LOWER = {torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torc
           torch.conv_transpose3d, F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
           torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm, torch.Tensor.baddbmm,
           torch.addmm, torch.Tensor.addmm, torch.einsum, torch.prelu}
+# (Upsampling is in CPU autocast's float32 list, not CUDA's: its AutocastCUDA entry is a fallthrough.)
 _FP32 = {F.group_norm, torch.group_norm, F.layer_norm, torch.layer_norm, torch.exp, torch.Tensor.exp,
          torch.log, torch.Tensor.log, torch.rsqrt, torch.Tensor.rsqrt, torch.pow, torch.Tensor.pow,
-         torch.Tensor.__pow__, F.mse_loss, F.l1_loss, F.softplus, F.interpolate}
+         torch.Tensor.__pow__, F.mse_loss, F.l1_loss, F.softplus}
 # Ops CUDA autocast runs with dtype=float32 (fp32 output, no fp32 copy of the input).
 _FP32_OUT = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax,
              torch.Tensor.log_softmax, torch.cumsum, torch.Tensor.cumsum, torch.sum, torch.Tensor.sum}
@@ -92,17 +93,22 @@ class CudaAutocast(TorchFunctionMode):
 
     Casts sit above autograd as in real autocast, so a cast copy saved for the backward is
     counted. `enabled` is toggled by `autocast()`; checkpoint recomputation restores it.
+    `fused_dropout`: dropout as CUDA runs it (ATen's `dropout` takes `native_dropout` for CUDA
+    inputs, whose saved mask is bool, 1 byte an element); elsewhere a mask in the input's dtype.
     """
 
-    def __init__(self, dtype: torch.dtype, attention=None):
+    def __init__(self, dtype: torch.dtype, attention=None, fused_dropout: bool = True):
         super().__init__()
         self.dtype, self.enabled = dtype, False
         self.attention = attention or cuda_attention
+        self.fused_dropout = fused_dropout
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return self.attention(*_cast(args, self.dtype) if self.enabled else args, **kwargs)
+        if func is F.dropout and self.fused_dropout:
+            return fused_dropout(*args, **kwargs)
         if self.enabled and func in _LOWER:
             return func(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))
         if self.enabled and func in _FP32:
@@ -143,13 +149,24 @@ class ZeroItems(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def fused_dropout(input, p=0.5, training=True, inplace=False):
+    """F.dropout as CUDA runs it: `native_dropout`, which saves a bool mask for the backward."""
+    if not training or p == 0 or p == 1 or input.numel() == 0:
+        return F.dropout(input, p, training, inplace)
+    return torch.ops.aten.native_dropout(input, p, True)[0]
+
+
+FLASH_MAX_HEAD_DIM = 256  # PyTorch's flash kernel takes head dims up to 256; wider ones go to mem-efficient
+
+
 def cuda_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-    """SDPA as CUDA runs it: flash in fp16/bf16 (head dim padded to 8), memory-efficient otherwise."""
+    """SDPA as CUDA runs it: flash in fp16/bf16 (head dim padded to 8, at most 256: the VAE's one
+    512-wide head is not), memory-efficient otherwise."""
     if kwargs.get("enable_gqa"):
         raise NotImplementedError("grouped-query attention is not used by the UNet")
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if q.dtype in (torch.float16, torch.bfloat16) and attn_mask is None:
-        head_dim = q.shape[-1]
+    head_dim = q.shape[-1]
+    if q.dtype in (torch.float16, torch.bfloat16) and attn_mask is None and head_dim <= FLASH_MAX_HEAD_DIM:
         pad = -head_dim % 8
         q, k, v = (F.pad(t, (0, pad)) if pad else t for t in (q, k, v))
         out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
@@ -394,7 +411,8 @@ def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda
     set_checkpointing(base, unet, setup.checkpointing)
     unet.train()
     start = time.perf_counter()
-    emulation = CudaAutocast(dtype, cuda_attention if target == "cuda" else cpu_attention)
+    cuda = target == "cuda"
+    emulation = CudaAutocast(dtype, cuda_attention if cuda else cpu_attention, fused_dropout=cuda)
     python_rng = random.getstate()  # the step seeds Python's RNG to pick a step with both losses
     with torch.random.fork_rng():
         materialise(unet, dtype)
