@@ -100,9 +100,10 @@ def run(cfg) -> Path:
     if cfg.save_pretrained_model:
         logger.warning("save_pretrained_model: only the LoRA adapters are saved; the base model never changes")
     if cfg.train_batch_size > 1:
-        logger.warning("train_batch_size: %d: each step trains on one clip (its own spatial LoRA), as the "
-                       "original did; use gradient_accumulation_steps for several clips per update",
-                       cfg.train_batch_size)
+        logger.warning("train_batch_size: %d: each step trains on one clip (its own spatial LoRA); the original "
+                       "stacked that many clips into a step, under the spatial LoRA of the batch's position (and, "
+                       "caching latents, kept only the first clip of each batch); use gradient_accumulation_steps "
+                       "for several clips per update", cfg.train_batch_size)
     # Every input is checked before the run folder is made or a model is loaded.
     base = base_for_model(cfg.pretrained_model_path, base_options(cfg))
     check_sizes(cfg, base)
