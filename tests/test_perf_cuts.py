@@ -1,5 +1,7 @@
 """The overhead cuts of issue 13 change nothing but speed: the cached UNet dtype, lean attention calls."""
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -237,3 +239,29 @@ def test_lean_sdpa_processor_takes_the_stock_path_outside_the_plain_case(tiny_mo
                                                                                 stock(attention, hidden))
     attention.rescale_output_factor, attention.residual_connection = 1.0, True
     assert torch.equal(lean(attention, hidden), plain + hidden)
+
+
+def test_the_in_process_ab_swaps_the_layer_classes_both_ways(tiny_model_dir):
+    """benchmarks/ab_lean_layers.py's setups: stock classes, LeanAttention alone, all lean ones."""
+    import sys
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    from models.fast_layers import LeanLoraLinear, LeanSdpaProcessor
+    from models.lora import add_adapter, lora_layers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ab_lean_layers
+
+    unet = load_unet(str(tiny_model_dir))
+    add_adapter(unet, "temporal", lora_targets(unet, "temporal"), 4)
+    expected = {"stock": (Attention, PeftLoraLinear, AttnProcessor2_0),
+                "lean_attention": (LeanAttention, PeftLoraLinear, AttnProcessor2_0),
+                "lean": (LeanAttention, LeanLoraLinear, LeanSdpaProcessor)}
+    for setup in ("stock", "lean_attention", "lean", "stock"):
+        ab_lean_layers.use_setup(unet, setup)
+        attention, lora, processor = expected[setup]
+        assert {type(m) for m in unet.modules() if isinstance(m, Attention)} == {attention}
+        assert {type(m) for m in lora_layers(unet)} == {lora}
+        assert {type(p) for p in unet.attn_processors.values()} == {processor}
