@@ -92,7 +92,7 @@ class Run:
 def run_command(args: list[str], timeout: float) -> dict:
     """rc, seconds, the last stdout line as JSON (benchmark.py's result) and the error's last lines."""
     start = time.monotonic()
-    record = {"cmd": [Path(a).name if a == BENCHMARK[1] else a for a in args], "limit_s": round(timeout)}
+    record = {"cmd": ["benchmarks/benchmark.py", *args], "limit_s": round(timeout)}
     try:
         proc = subprocess.run([*BENCHMARK, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
