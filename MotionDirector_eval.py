@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
              "If it cannot be loaded the column is null and a note says why")
     add("--pickscore-processor", default=pickscore.PROCESSOR,
         help=f"processor (tokenizer + image preprocessing) for PickScore (default {pickscore.PROCESSOR})")
-    add("--motion-size", type=int, default=SIZE, help=f"frame size for optical flow (default {SIZE})")
-    add("--motion-grid", type=int, default=GRID, help=f"tracks start on a GRID x GRID grid (default {GRID})")
+    add("--motion-size", type=int, default=SIZE,
+        help=f"shorter side of the frames for optical flow, aspect ratio kept (default {SIZE})")
+    add("--motion-grid", type=int, default=GRID,
+        help=f"tracks start on a square grid, GRID points along the shorter side (default {GRID})")
     add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return parser
 

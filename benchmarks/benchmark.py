@@ -95,6 +95,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--estimate-check", action="store_true",
                    help="check the predictor: run one real step and print the memory it adds beside the "
                         "prediction (CUDA: max_memory_allocated; CPU, fp32 only: profiler memory events)")
+    p.add_argument("--frozen-dtype", choices=("fp32",),
+                   help="with --estimate: keep the denoiser's frozen weights in fp32 under --precision's autocast "
+                        "(the original's setting) instead of casting them to --precision")
+    p.add_argument("--videos", type=int, default=1,
+                   help="with --estimate: training videos, one spatial LoRA and its AdamW state each (default 1)")
     p.add_argument("--grid", action="store_true",
                    help="with --estimate: the whole grid (384x384x16, 576x320x24, 576x320x16 x fp16/bf16 x "
                         "checkpointing off/block/fine) for --arch and --rank")
@@ -145,6 +150,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UserError("--frames, --steps, --rank and --threads must be >= 1 and --warmup >= 0")
     if args.grid and not args.estimate:
         raise UserError("--grid goes with --estimate")
+    if (args.frozen_dtype or args.videos != 1) and not args.estimate:
+        raise UserError("--frozen-dtype and --videos go with --estimate")
+    if args.videos < 1:
+        raise UserError(f"--videos must be at least 1, got {args.videos}")
     base = bench_base(args)
     base.check_size(args.width, args.height, "--width and --height")
     base.check_frames(args.frames, "--frames")
@@ -283,11 +292,9 @@ class TrainBench:
         self.spatial = spatial_adapter_names(1)[0]
         torch.manual_seed(args.seed)  # LoRA init
         for name, path in ((TEMPORAL, TEMPORAL), (self.spatial, SPATIAL)):
-            add_adapter(self.unet, name, components.lora_targets(path), args.rank, LORA_DROPOUT)
+            # trainable LoRA weights in fp32 under fp16/bf16, as the trainer makes them
+            add_adapter(self.unet, name, components.lora_targets(path), args.rank, LORA_DROPOUT, dtype=torch.float32)
         params = {name: adapter_parameters(self.unet, name) for name in (TEMPORAL, self.spatial)}
-        for plist in params.values():
-            for p in plist:  # trainable LoRA weights stay fp32 under fp16/bf16, as in the trainer
-                p.data = p.data.float()
         self.adapters = ts.Adapters([self.spatial], params, lora_layers(self.unet), TEMPORAL)
         self.optimisers = self._make_optimisers(params)
         self.prompts = PromptCache(components)
@@ -659,8 +666,8 @@ def architecture(args) -> dict:
 def predict(args, target: str = "cuda") -> dict:
     base, sizes = bench_base(args), architecture(args)
     setup = estimate.Setup("model" if args.model else args.arch, args.width, args.height, args.frames, args.rank,
-                           args.precision, args.checkpointing)
-    model = estimate.build_meta_denoiser(base, sizes["denoiser"], args.rank)
+                           args.precision, args.checkpointing, args.frozen_dtype or "", args.videos)
+    model = estimate.build_meta_denoiser(base, sizes["denoiser"], args.rank, args.videos)
     return estimate.estimate_denoiser(base, model, setup, sizes, target=target)
 
 
@@ -739,17 +746,19 @@ def check_estimate(args) -> dict:
 
 
 def print_estimates(results: list[dict]) -> None:
-    gpus = list(estimate.GPU_PEAK_TFLOPS)
-    print("predicted (traced on meta tensors, CUDA autocast + flash attention emulated); GB = GiB; "
-          f"s/step at {estimate.MFU:.0%} of the dense fp16/bf16 peak")
-    print(f"{'size':<12} {'prec':<5} {'ckpt':<6} {'weights':>8} {'LoRA+opt':>8} {'acts':>7} {'peak GB':>8} "
-          f"{'TFLOP':>7} " + " ".join(f"{g + ' s':>11}" for g in gpus))
+    """One row per setup: the step's breakdown, each phase's peak, the run's peak; no time (not measured)."""
+    print("predicted (traced on meta tensors, CUDA autocast, flash attention and dropout emulated); GB = GiB of "
+          "max_memory_allocated, cuBLAS workspaces included, cuDNN's not")
+    print(f"{'size':<12} {'prec':<5} {'frozen':<6} {'ckpt':<6} {'videos':>6} {'weights':>8} {'LoRA+opt':>8} "
+          f"{'acts':>7} {'step':>7} {'cache':>7} {'invert':>7} {'valid':>7} {'peak GB':>8} {'TFLOP':>7}")
     for r in results:
         lora = r["lora_params_gb"] + r["lora_grads_at_peak_gb"] + r["optimizer_state_gb"]
-        print(f"{r['width']}x{r['height']}x{r['frames']:<4} {r['precision']:<5} {r['checkpointing']:<6} "
-              f"{r['weights_gb'] + r['vae_gb']:>8.2f} {lora:>8.2f} {r['activations_at_peak_gb']:>7.2f} "
-              f"{r['predicted_peak_gb']:>8.2f} {r['flops_per_step'] / 1e12:>7.1f} "
-              + " ".join(f"{r['predicted_s_per_step'][g]:>11.2f}" for g in gpus))
+        phases = [r["phases"].get(name, {}).get("peak_gb") for name in ("caching", "inversion", "validation")]
+        print(f"{r['width']}x{r['height']}x{r['frames']:<4} {r['precision']:<5} {r['frozen_dtype']:<6} "
+              f"{r['checkpointing']:<6} {r['videos']:>6} {r['weights_gb'] + r['vae_gb']:>8.2f} {lora:>8.2f} "
+              f"{r['activations_at_peak_gb']:>7.2f} {r['step_peak_gb']:>7.2f} "
+              + " ".join("    n/a" if v is None else f"{v:>7.2f}" for v in phases)
+              + f" {r['predicted_peak_gb']:>8.2f} {r['flops_per_step'] / 1e12:>7.1f}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,25 +1,34 @@
-"""Predict the GPU memory and FLOPs of one MotionDirector training step without a GPU.
+"""Predict the GPU memory and FLOPs of a MotionDirector training run without a GPU.
 
 The real step (`utils.training.step.train_step` on the base's denoiser with both peft LoRA paths
-injected as the trainer injects them, frozen weights in fp16/bf16, LoRA weights in fp32, AdamW state) runs
-on meta tensors: shapes and dtypes propagate through the forward, the checkpoint recomputation
-and the backward, and nothing is allocated. PyTorch's `MemTracker`
-(torch.distributed._tools.mem_tracker) follows every storage to the peak and sorts it into
-weights, gradients, optimiser state and activations; `torch.utils.flop_counter`'s formulas count
-the matmul/conv/attention FLOPs, recomputation included.
+injected as the trainer injects them, one spatial LoRA per training video, frozen weights in
+fp16/bf16 (or fp32 with `frozen_dtype`), LoRA weights in fp32, AdamW state) runs on meta tensors:
+shapes and dtypes propagate through the forward, the checkpoint recomputation and the backward,
+and nothing is allocated. PyTorch's `MemTracker` (torch.distributed._tools.mem_tracker) follows
+every storage to the peak and sorts it into weights, gradients, optimiser state and activations;
+`torch.utils.flop_counter`'s formulas count the matmul/conv/attention FLOPs, recomputation included.
+The other phases of a run that set the process peak are traced the same way (`PHASES`): latent
+caching (VAE encode), the DDIM inversion (one no-grad denoiser step of 50: each step holds the
+same), and validation sampling (one guided step, CFG batch 2, then the VAE decode).
 
 Meta rather than `FakeTensorMode`: the same meta kernels underneath, 3-4x faster to trace, and a
 CPU-only PyTorch cannot fake CUDA tensors through autocast either way (its autocast cast needs a
-CUDA device guard and aborts the process). So two CUDA behaviours are emulated:
-  * autocast: `CudaAutocast` applies CUDA's op lists (ATen's autocast_mode.h, the lists the
-    AutocastCUDA kernels use): matmuls/convs/SDPA in fp16/bf16, norms, softmax, exp, upsampling
-    and losses in fp32. CPU autocast differs (its group_norm/layer_norm stay in half precision).
+CUDA device guard and aborts the process). So CUDA behaviours are emulated:
+  * autocast: `CudaAutocast` applies CUDA's op lists (ATen's autocast_mode.cpp; the ops whose
+    AutocastCUDA entry is a kernel, not a fallthrough): matmuls/convs/SDPA in fp16/bf16, norms,
+    softmax, exp and losses in fp32. CPU autocast differs (its group_norm/layer_norm stay in half
+    precision, its upsampling goes to fp32). Frozen fp32 weights are cast per call, not cached
+    (autocast caches only leaf tensors that require grad).
   * attention: SDPA runs as CUDA's flash kernel (`aten._scaled_dot_product_flash_attention`,
-    head dim zero-padded to a multiple of 8 as attention.cpp does on CUDA), so the attention
-    matrix is never materialised and the saved logsumexp is counted. In fp32 it runs as the
-    memory-efficient kernel.
-Not modelled: the CUDA context (~0.3-0.5 GB outside `max_memory_allocated`), allocator rounding
-and fragmentation, cuDNN/cuBLAS workspaces, and kernels' internal scratch memory.
+    head dim zero-padded to a multiple of 8 as attention.cpp does on CUDA, at most 256), so the
+    attention matrix is never materialised and the saved logsumexp is counted. In fp32, or for
+    wider heads, it runs as the memory-efficient kernel.
+  * dropout: CUDA's fused `native_dropout`, which saves a bool mask.
+Modelled as a stated term: cuBLAS workspaces (`CUBLAS_WORKSPACE`, one per thread that runs
+matmuls; they go through the caching allocator and stay, so they count in max_memory_allocated).
+Not modelled: cuDNN's convolution workspaces (allocated per call through the caching allocator, so
+inside max_memory_allocated, but their size is cuDNN's choice: an uncertainty), the CUDA context
+(outside max_memory_allocated), allocator rounding and fragmentation, kernels' internal scratch.
 """
 
 from __future__ import annotations
@@ -43,15 +52,19 @@ GB = 2**30  # "GB" below is GiB, as nvidia-smi's MiB / 1024
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINTING = ("off", "block", "fine")  # "off" and every base's granularities
 LORA_DROPOUT = 0.1  # the configs' lora_unet_dropout
-MFU = 0.4  # the fraction of the datasheet peak a step is assumed to reach
-
-
-# Dense tensor-core peaks (sparsity figures halved), fp16/bf16 with fp32 accumulation, TFLOP/s.
-GPU_PEAK_TFLOPS = {
-    "A5000": {"fp16": 111.1, "bf16": 111.1, "fp32": 27.8},  # RTX A5000 datasheet: 222.2 sparse
-    "RTX 4090": {"fp16": 165.2, "bf16": 165.2, "fp32": 82.6},  # Ada whitepaper, fp32 accumulate
-    "H100 SXM": {"fp16": 989.4, "bf16": 989.4, "fp32": 66.9},  # H100 datasheet: 1979 sparse
-}
+GUIDANCE_SCALE = 12.0  # validation sampling's (any value > 1: the CFG batch of 2)
+# PyTorch's default cuBLAS workspace (aten/src/ATen/cuda/CublasHandlePool.cpp, `getChosenWorkspaceSize`):
+# 32 MiB on compute capability 9.x/10.x/12.x (Hopper, Blackwell), 8 MiB + 128 KiB before; allocated
+# through the caching allocator once per (handle, stream), a handle per thread, and kept. cuBLASLt
+# shares it (unified workspace, the default). We state the larger one.
+CUBLAS_WORKSPACE = 32 * 2**20
+# Threads whose matmuls hold a workspace by each phase: the main thread, plus the autograd
+# engine's device thread once a backward has run (training, and validation after it).
+CUBLAS_THREADS = {"caching": 1, "inversion": 1, "training_step": 2, "validation": 2}
+PHASES = tuple(CUBLAS_THREADS)
+UNCERTAIN = ("cuDNN convolution workspaces: allocated per call through the caching allocator (so inside "
+             "max_memory_allocated), size chosen by cuDNN's heuristics; cap with CUDNN_CONV_WSCAP_DBG (MiB); "
+             "not in the prediction")
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,14 @@ class Setup:
     height: int = 384
     frames: int = 16
     rank: int = 32
-    precision: str = "fp16"
+    precision: str = "fp16"  # autocast's dtype, and the frozen weights' unless frozen_dtype says otherwise
     checkpointing: str = "block"
+    frozen_dtype: str = ""  # "" = precision; "fp32": the denoiser's frozen weights in fp32 under autocast
+    videos: int = 1  # training videos: one spatial LoRA (and its AdamW state) each
+
+    @property
+    def frozen(self) -> str:
+        return self.frozen_dtype or self.precision
 
 
 # ---------------------------------------------------------------- CUDA behaviour on meta tensors
@@ -71,9 +90,10 @@ _LOWER = {torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torc
           torch.conv_transpose3d, F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
           torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm, torch.Tensor.baddbmm,
           torch.addmm, torch.Tensor.addmm, torch.einsum, torch.prelu}
+# (Upsampling is in CPU autocast's float32 list, not CUDA's: its AutocastCUDA entry is a fallthrough.)
 _FP32 = {F.group_norm, torch.group_norm, F.layer_norm, torch.layer_norm, torch.exp, torch.Tensor.exp,
          torch.log, torch.Tensor.log, torch.rsqrt, torch.Tensor.rsqrt, torch.pow, torch.Tensor.pow,
-         torch.Tensor.__pow__, F.mse_loss, F.l1_loss, F.softplus, F.interpolate}
+         torch.Tensor.__pow__, F.mse_loss, F.l1_loss, F.softplus}
 # Ops CUDA autocast runs with dtype=float32 (fp32 output, no fp32 copy of the input).
 _FP32_OUT = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax,
              torch.Tensor.log_softmax, torch.cumsum, torch.Tensor.cumsum, torch.sum, torch.Tensor.sum}
@@ -92,12 +112,15 @@ class CudaAutocast(TorchFunctionMode):
 
     Casts sit above autograd as in real autocast, so a cast copy saved for the backward is
     counted. `enabled` is toggled by `autocast()`; checkpoint recomputation restores it.
+    `fused_dropout`: dropout as CUDA runs it (ATen's `dropout` takes `native_dropout` for CUDA
+    inputs, whose saved mask is bool, 1 byte an element); elsewhere a mask in the input's dtype.
     """
 
-    def __init__(self, dtype: torch.dtype, attention=None):
+    def __init__(self, dtype: torch.dtype, attention=None, fused_dropout: bool = True):
         super().__init__()
         self.dtype, self.enabled = dtype, False
         self.attention = attention or cuda_attention
+        self.fused_dropout = fused_dropout
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -105,12 +128,15 @@ class CudaAutocast(TorchFunctionMode):
             # diffusers' attention dispatch (Wan) passes query/key/value by keyword
             args = (*args, *(kwargs.pop(name) for name in ("query", "key", "value") if name in kwargs))
             return self.attention(*_cast(args, self.dtype) if self.enabled else args, **kwargs)
+        if func is F.dropout and self.fused_dropout:
+            return fused_dropout(*args, **kwargs)
         if self.enabled and func in _LOWER:
             return func(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))
         if self.enabled and func in _FP32:
             return func(*_cast(args, torch.float32), **kwargs)
         if self.enabled and func in _FP32_OUT and args[0].dtype in (torch.float16, torch.bfloat16):
-            kwargs.setdefault("dtype", torch.float32)
+            if kwargs.get("dtype") is None:  # F.softmax passes dtype=None explicitly
+                kwargs["dtype"] = torch.float32
         return func(*args, **kwargs)
 
     @contextmanager
@@ -137,21 +163,45 @@ class CudaAutocast(TorchFunctionMode):
 
 class ZeroItems(TorchFunctionMode):
     """`.item()` of a meta tensor is 0: the step reads a random frame index, an anchor frame and
-    the losses; any value gives the same shapes, so the same memory and FLOPs."""
+    the losses; any value gives the same shapes, so the same memory and FLOPs. Likewise a meta
+    index into a CPU table (a scheduler's alphas at a meta timestep) reads entry 0. `.cpu()` of a
+    meta tensor (decoded frames leaving the GPU) is the tensor itself: nothing is on the GPU after."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.Tensor.item and args[0].device.type == "meta":
             return 0.0 if args[0].is_floating_point() else 0
+        if func is torch.Tensor.__bool__ and args[0].device.type == "meta":
+            return True  # a scheduler's `timestep >= 0`: either branch has the same shapes
+        if func is torch.Tensor.__getitem__ and _meta_index_into_cpu(*args):
+            return func(args[0], torch.zeros(args[1].shape, dtype=args[1].dtype))
+        if func is torch.Tensor.cpu and args[0].device.type == "meta":
+            return args[0]
         return func(*args, **(kwargs or {}))
 
 
+def _meta_index_into_cpu(table, index) -> bool:
+    return (isinstance(index, torch.Tensor) and index.device.type == "meta" and table.device.type == "cpu"
+            and not index.is_floating_point())
+
+
+def fused_dropout(input, p=0.5, training=True, inplace=False):
+    """F.dropout as CUDA runs it: `native_dropout`, which saves a bool mask for the backward."""
+    if not training or p == 0 or p == 1 or input.numel() == 0:
+        return F.dropout(input, p, training, inplace)
+    return torch.ops.aten.native_dropout(input, p, True)[0]
+
+
+FLASH_MAX_HEAD_DIM = 256  # PyTorch's flash kernel takes head dims up to 256; wider ones go to mem-efficient
+
+
 def cuda_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-    """SDPA as CUDA runs it: flash in fp16/bf16 (head dim padded to 8), memory-efficient otherwise."""
+    """SDPA as CUDA runs it: flash in fp16/bf16 (head dim padded to 8, at most 256: the VAE's one
+    512-wide head is not), memory-efficient otherwise."""
     if kwargs.get("enable_gqa"):
         raise NotImplementedError("grouped-query attention is not used by the UNet")
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if q.dtype in (torch.float16, torch.bfloat16) and attn_mask is None:
-        head_dim = q.shape[-1]
+    head_dim = q.shape[-1]
+    if q.dtype in (torch.float16, torch.bfloat16) and attn_mask is None and head_dim <= FLASH_MAX_HEAD_DIM:
         pad = -head_dim % 8
         q, k, v = (F.pad(t, (0, pad)) if pad else t for t in (q, k, v))
         out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
@@ -164,6 +214,19 @@ def cpu_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale
     """SDPA as the CPU runs it in training (its flash kernel), for checking against a CPU run."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+
+@contextmanager
+def lora_sees_emulated_autocast(emulation: CudaAutocast):
+    """LeanLoraLinear asks `models.fast_layers.autocast_dtype` whether autocast is on (to run its
+    branch in the compute dtype); real autocast is never on here, so it answers for the emulation."""
+    from models import fast_layers
+
+    def autocast_dtype(device_type: str):
+        return emulation.dtype if emulation.enabled and emulation.dtype != torch.float32 else None
+
+    with mock.patch.object(fast_layers, "autocast_dtype", autocast_dtype):
+        yield
 
 
 @contextmanager
@@ -200,20 +263,24 @@ def all_archs() -> list[str]:
     return [arch for base in BASES.values() for arch in base.archs]
 
 
-def build_meta_denoiser(base, config, rank: int):
-    """The base's denoiser (as we run it) with both LoRA paths, on the meta device (no memory)."""
+def build_meta_denoiser(base, config, rank: int | None, videos: int = 1):
+    """The base's denoiser (as we run it) with the temporal LoRA and one spatial LoRA per video
+    (no LoRA when `rank` is None), on the meta device (no memory)."""
     from models.lora import SPATIAL, TEMPORAL, add_adapter, spatial_adapter_names
 
     with torch.device("meta"):
         model = base.build_denoiser(config)
     model.requires_grad_(False)
-    for name, path in ((TEMPORAL, TEMPORAL), (spatial_adapter_names(1)[0], SPATIAL)):
-        add_adapter(model, name, base.lora_targets(model, path), rank, LORA_DROPOUT)
+    if rank is None:
+        return model
+    for name in (TEMPORAL, *spatial_adapter_names(videos)):
+        add_adapter(model, name, base.lora_targets(model, SPATIAL if name != TEMPORAL else TEMPORAL), rank,
+                    LORA_DROPOUT)
     return model
 
 
 def materialise(module: torch.nn.Module, dtype: torch.dtype, device="meta") -> None:
-    """New parameters in the training dtypes: frozen weights in `dtype`, LoRA in fp32 as the trainer keeps them."""
+    """New parameters in the training dtypes: frozen weights in `dtype`, LoRA in fp32 as the trainer makes them."""
     for module_name, sub in module.named_modules():
         for name, p in list(sub._parameters.items()):
             if p is not None:
@@ -242,9 +309,10 @@ class StepTracer:
 
         self.unet, self.setup, self.ts = unet, setup, ts
         self.components = Components(base, None, None, None, unet, base.default_scheduler())
-        self.spatial = spatial_adapter_names(1)[0]
-        params = {name: adapter_parameters(unet, name) for name in (TEMPORAL, self.spatial)}
-        self.adapters = ts.Adapters([self.spatial], params, lora_layers(unet), TEMPORAL)
+        spatial = spatial_adapter_names(setup.videos)
+        self.spatial = spatial[0]  # the clip trained on; the others only hold weights and AdamW state
+        params = {name: adapter_parameters(unet, name) for name in (TEMPORAL, *spatial)}
+        self.adapters = ts.Adapters(spatial, params, lora_layers(unet), TEMPORAL)
         # The trainer's fused AdamW has no meta kernel; the per-tensor AdamW keeps the same state
         # (exp_avg, exp_avg_sq, step) and its per-tensor temporaries are LoRA-sized.
         self.optimizers = [torch.optim.AdamW(p, lr=5e-4, weight_decay=1e-2, foreach=False) for p in params.values()]
@@ -262,7 +330,8 @@ class StepTracer:
         return self.autocast()
 
     def step(self) -> None:
-        """One step with both losses (spatial not skipped: the larger step), then both AdamW steps."""
+        """One step with both losses (spatial not skipped: the larger step), then the AdamW steps
+        (an optimiser without gradients changes nothing)."""
         random.seed(next(s for s in range(100) if not _skips(s)))
         self.ts.train_step(self.components, self.latents, self.embeddings, self.adapters, self.spatial,
                            self.ts.StepSettings(), backward=lambda loss: loss.backward(), autocast=self._autocast,
@@ -357,9 +426,117 @@ def trace(unet, tracer: StepTracer) -> tuple[dict, FlopCount]:
     with tracker, counter:
         tracer.state_at_start = tracker.get_tracker_snapshot()[torch.device("meta")]["Total"]
         tracer.step()
-    peak = tracker.get_tracker_snapshot("peak")[torch.device("meta")]  # AdamW's step counts are on the CPU
-    return {getattr(k, "value", k): v for k, v in peak.items()}, counter
+    return _meta_peak(tracker), counter
 
+
+def _meta_peak(tracker) -> dict:
+    peak = tracker.get_tracker_snapshot("peak")[torch.device("meta")]  # AdamW's step counts are on the CPU
+    return {getattr(k, "value", k): v for k, v in peak.items()}
+
+
+# ---------------------------------------------------------------- the other phases of a run
+
+class Phase(torch.nn.Module):
+    """One phase of a run as a module: what stays on the GPU (`parts`) and what runs (`run`).
+
+    MemTracker refuses a second forward of a root module; under this root, calling a part again
+    (the VAE chunk by chunk) is a submodule's second call, which it allows.
+    """
+
+    def __init__(self, run, parts):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(part for part in parts if part is not None)
+        self.run = run
+
+    def forward(self):
+        self.run()
+
+
+def trace_phase(run, parts, optimizers=()) -> dict:
+    """Peak memory breakdown (bytes) while `run()` runs without gradients, `parts` (modules) and
+    `optimizers` (their state) resident."""
+    phase = Phase(run, parts)
+    tracker = _frozen_aware_tracker()
+    tracker.track_external(phase, *optimizers)
+    with tracker, torch.no_grad():
+        phase()
+    return _meta_peak(tracker)
+
+
+def meta_module(build, config, dtype: torch.dtype) -> torch.nn.Module:
+    with torch.device("meta"):
+        module = build(config)
+    module.requires_grad_(False).eval()
+    materialise(module, dtype)
+    return module
+
+
+def meta_text_encoder(base, sizes: dict, dtype: torch.dtype):
+    """The base's text encoder on meta, or None when the base does not say how to build it."""
+    if sizes.get("text_encoder") is None:
+        return None
+    try:
+        return meta_module(base.build_text_encoder, sizes["text_encoder"], dtype)
+    except NotImplementedError:
+        return None
+
+
+def trace_phases(base, unet, tracer: StepTracer, setup: Setup, sizes: dict, emulation: CudaAutocast) -> dict:
+    """Peak breakdowns of latent caching, inversion and validation sampling, as the trainer runs them.
+
+    Caching and inversion run before the LoRAs exist, with the text encoder still on the GPU and
+    every frozen model in `precision` (the original cached with fp16 copies too); validation runs
+    after training steps, with every adapter active, the AdamW state resident, under autocast.
+    """
+    from models.bases import Components
+
+    dtype = DTYPES[setup.precision]
+    vae = meta_module(base.build_vae, sizes["vae"], dtype)
+    text_encoder = meta_text_encoder(base, sizes, dtype)
+    plain = build_meta_denoiser(base, sizes["denoiser"], None)
+    materialise(plain, dtype)
+    base.set_attention_backend(plain)
+    plain.eval()
+    early = Components(base, None, text_encoder, vae, plain, base.default_scheduler())
+    late = Components(base, None, None, vae, unet, base.default_scheduler())
+    shape = base.latent_shape(1, setup.frames, setup.height, setup.width)
+    pixels = torch.zeros(1, setup.frames, 3, setup.height, setup.width)  # on the CPU, as the dataset gives them
+    empty_prompt = torch.zeros(1, *sizes["text"], device="meta", dtype=dtype)  # the text encoder's, on the GPU
+    prompt = torch.zeros(1, *sizes["text"], device="meta")  # validation's: encoded on the CPU in fp32
+    return {
+        "caching": trace_phase(lambda: encode_clip(early, pixels), [plain, vae, text_encoder]),
+        "inversion": trace_phase(lambda: base.invert(early, torch.zeros(shape, device="meta"), empty_prompt, 1),
+                                 [plain, vae, text_encoder]),
+        "validation": trace_phase(lambda: sample_and_decode(late, tracer.adapters, shape, prompt, emulation),
+                                  [unet, vae], tracer.optimizers),
+    }
+
+
+def encode_clip(components, pixels: torch.Tensor) -> None:
+    """What latent caching runs on the GPU: the clip's VAE encode (and each frame alone for a base
+    whose VAE mixes frames)."""
+    components.encode_video(pixels)
+    if not components.base.frames_are_images:
+        components.encode_frames(pixels)
+
+
+def sample_and_decode(components, adapters, shape, prompt: torch.Tensor, emulation: CudaAutocast) -> None:
+    """One guided sampling step (each of the validation's steps holds the same) and the decode."""
+    from models.checkpointing import checkpointing_paused
+
+    unet = components.denoiser
+    adapters.use(active=[*adapters.spatial, adapters.temporal], trainable=[])
+    unet.eval()
+    try:
+        with checkpointing_paused(unet), emulation.autocast():
+            noise = torch.randn(shape, device="meta")
+            latents = components.base.sample(components, noise, prompt, prompt, 1, GUIDANCE_SCALE)
+            components.decode_video(latents)
+    finally:
+        unet.train()
+
+
+# ---------------------------------------------------------------- the prediction
 
 def set_checkpointing(base, unet, kind: str) -> None:
     from models.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
@@ -369,61 +546,72 @@ def set_checkpointing(base, unet, kind: str) -> None:
         enable_gradient_checkpointing(unet, base.checkpoint_targets(unet, kind))
 
 
-def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda") -> dict:
-    """Trace one step of `unet` (parameters on meta; `sizes` = base.architecture) for `setup`;
-    returns the prediction.
+@contextmanager
+def emulated_cuda(emulation: CudaAutocast):
+    with ZeroItems(), emulation, recompute_with_autocast_state(emulation), lora_sees_emulated_autocast(emulation):
+        yield
 
-    `target="cpu"` predicts a CPU run instead (fp32 only: the CPU's flash attention, no autocast),
-    to check the predictor against a step measured on this machine.
+
+def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda", with_phases: bool = True) -> dict:
+    """Trace a run of `unet` (parameters on meta; `sizes` = base.architecture) for `setup`: the
+    training step, and on CUDA the other phases (unless `with_phases` is False); returns the prediction.
+
+    `target="cpu"` predicts the step of a CPU run instead (fp32 only: the CPU's flash attention,
+    its dropout, no autocast), to check the predictor against a step measured on this machine.
     """
-    if target == "cpu" and setup.precision != "fp32":
+    if target == "cpu" and (setup.precision != "fp32" or setup.frozen != "fp32"):
         raise ValueError("a CPU prediction is for fp32 runs (autocast does not act on meta tensors)")
-    dtype = DTYPES[setup.precision]
+    cuda = target == "cuda"
     base.set_attention_backend(unet)
     set_checkpointing(base, unet, setup.checkpointing)
     unet.train()
     start = time.perf_counter()
-    emulation = CudaAutocast(dtype, cuda_attention if target == "cuda" else cpu_attention)
+    emulation = CudaAutocast(DTYPES[setup.precision], cuda_attention if cuda else cpu_attention, fused_dropout=cuda)
     python_rng = random.getstate()  # the step seeds Python's RNG to pick a step with both losses
     with torch.random.fork_rng():
-        materialise(unet, dtype)
-        tracer = StepTracer(base, unet, setup, sizes["text"], emulation.autocast if target == "cuda" else nullcontext)
-        with ZeroItems(), emulation, recompute_with_autocast_state(emulation):
+        materialise(unet, DTYPES[setup.frozen])
+        tracer = StepTracer(base, unet, setup, sizes["text"], emulation.autocast if cuda else nullcontext)
+        with emulated_cuda(emulation):
             peak, counter = trace(unet, tracer)
+            phases = trace_phases(base, unet, tracer, setup, sizes, emulation) if cuda and with_phases else {}
     random.setstate(python_rng)
-    vae = vae_bytes(base, sizes["vae"], dtype) if setup.arch in base.archs else 0
-    result = summarise(unet, setup, peak, counter, vae, time.perf_counter() - start)
-    result["step_above_start_bytes"] = peak["Total"] - tracer.state_at_start  # what the step itself adds
+    vae = param_bytes(meta_module(base.build_vae, sizes["vae"], DTYPES[setup.precision]).parameters())
+    result = summarise(unet, setup, peak, counter, vae, phases, CUBLAS_WORKSPACE if cuda else 0)
+    result.update(text_encoder_counted=meta_text_encoder(base, sizes, torch.float16) is not None,
+                  step_above_start_bytes=peak["Total"] - tracer.state_at_start,  # what the step itself adds
+                  trace_s=round(time.perf_counter() - start, 1))
     return result
 
 
-def vae_bytes(base, config, dtype: torch.dtype) -> int:
-    """The VAE stays on the GPU during training (the text encoder moves to the CPU)."""
-    with torch.device("meta"):
-        vae = base.build_vae(config)
-    return sum(p.numel() for p in vae.parameters()) * dtype.itemsize
-
-
-def summarise(unet, setup: Setup, peak: dict, counter: FlopCount, vae: int, seconds: float) -> dict:
+def summarise(unet, setup: Setup, peak: dict, counter: FlopCount, vae: int, phases: dict, workspace: int) -> dict:
+    """The step's breakdown, each phase's peak (+ its cuBLAS workspaces), and the run's peak: their maximum.
+    The VAE stays on the GPU during training (the text encoder moves to the CPU)."""
     frozen = param_bytes(p for n, p in unet.named_parameters() if "lora_" not in n)
     lora = param_bytes(p for n, p in unet.named_parameters() if "lora_" in n)
     activations = sum(peak.get(k, 0) for k in ("Activation", "Temp", "Other", "Buffer"))
-    total = peak["Total"] + vae
+    totals = {name: breakdown["Total"] + CUBLAS_THREADS[name] * workspace for name, breakdown in phases.items()}
+    totals["training_step"] = peak["Total"] + vae + CUBLAS_THREADS["training_step"] * workspace
+    breakdowns = dict(phases, training_step=dict(peak, VAE=vae))
+    peak_phase = max(totals, key=totals.get)
     result = dict(asdict(setup))
     result.update(
+        frozen_dtype=setup.frozen,
         weights_gb=frozen / GB,
         vae_gb=vae / GB,
         lora_params_gb=lora / GB,
         lora_grads_at_peak_gb=peak.get("Gradient", 0) / GB,
         optimizer_state_gb=peak.get("Optstate", 0) / GB,
         activations_at_peak_gb=activations / GB,
-        predicted_peak_gb=total / GB,
+        cublas_workspace_gb=CUBLAS_THREADS["training_step"] * workspace / GB,
+        step_peak_gb=totals["training_step"] / GB,
+        phases={name: {"peak_gb": totals[name] / GB, "cublas_workspaces": CUBLAS_THREADS[name] if workspace else 0,
+                       "breakdown_bytes": breakdowns[name]} for name in PHASES if name in totals},
+        peak_phase=peak_phase,
+        predicted_peak_gb=totals[peak_phase] / GB,
         peak_breakdown_bytes=peak,
         flops_per_step=counter.total,
         attention_flops_per_step=counter.attention,
-        predicted_s_per_step={gpu: counter.total / (MFU * peaks[setup.precision] * 1e12)
-                              for gpu, peaks in GPU_PEAK_TFLOPS.items()},
-        trace_s=round(seconds, 1),
+        not_modelled=UNCERTAIN,
     )
     return result
 
@@ -432,7 +620,8 @@ def estimate(setup: Setup) -> dict:
     """The prediction for one setup of a full-size architecture (`Setup.arch`)."""
     base = base_of_arch(setup.arch)
     sizes = base.architecture(setup.arch)
-    return estimate_denoiser(base, build_meta_denoiser(base, sizes["denoiser"], setup.rank), setup, sizes)
+    model = build_meta_denoiser(base, sizes["denoiser"], setup.rank, setup.videos)
+    return estimate_denoiser(base, model, setup, sizes)
 
 
 GRID_SIZES = ((384, 384, 16), (576, 320, 24), (576, 320, 16))

@@ -109,6 +109,12 @@ class LeanLoraLinear(PeftLoraLinear):
     by a LoRA scale of 1 (our alpha = rank) forward and backward, so the results are
     bit-identical (tests); anything else takes peft's own forward. It reads the weights of
     lora_A/lora_B directly: code that patches their forward must put peft's class back first.
+
+    Under autocast the LoRA branch runs in autocast's compute dtype, as the base linear does: its
+    input is not cast to the float32 LoRA weights first (peft does: a float32 copy of every LoRA
+    input, its dropout mask drawn in float32, then autocast casts it back for the matmul); the
+    float32 weights are the master copy autocast casts for each matmul. Without autocast (float32
+    training) nothing changes.
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -118,12 +124,15 @@ class LeanLoraLinear(PeftLoraLinear):
         base = modules["base_layer"]
         result = F.linear(x, base.weight, base.bias) if _is_plain_linear(base) else base(x)
         result_dtype = result.dtype
+        compute_dtype = autocast_dtype(x.device.type) if x.is_floating_point() else None
         lora_A, lora_B, dropouts = (modules[k]._modules for k in ("lora_A", "lora_B", "lora_dropout"))
         for name in self.active_adapters:
             down = lora_A.get(name)
             if down is None:
                 continue
-            if x.dtype != down.weight.dtype:
+            if compute_dtype is not None:
+                x = x if x.dtype == compute_dtype else x.to(compute_dtype)
+            elif x.dtype != down.weight.dtype:
                 x = self._cast_input_dtype(x, down.weight.dtype)
             dropout = dropouts[name]
             hidden = F.dropout(x, dropout.p, dropout.training) if isinstance(dropout, torch.nn.Dropout) else x
@@ -131,6 +140,14 @@ class LeanLoraLinear(PeftLoraLinear):
             scale = self.scaling[name]
             result = result + (update if scale == 1 else update * scale)  # x * 1.0 is x: skip the op
         return result if result.dtype == result_dtype else result.to(result_dtype)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes matmuls in on `device_type`, or None when it is off.
+    (benchmarks/estimate.py replaces this while it emulates CUDA autocast on meta tensors.)"""
+    if device_type not in ("cuda", "cpu", "xpu", "mps") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def _is_plain_linear(module: torch.nn.Module) -> bool:

@@ -6,6 +6,7 @@ target names. Each path is one or more named peft adapters ("temporal", "spatial
 """
 
 import warnings
+from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig
@@ -33,12 +34,15 @@ def add_adapter(
     targets: list[str],
     rank: int | dict[str, int],
     dropout: float = 0.0,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Inject one adapter on the linears named `targets` (the base's targets of its path).
 
     `rank` is one int (capped per layer at min(in, out) like the original) or a per-layer dict.
     lora_alpha equals the rank so the LoRA term is scale * up(down(x)), as in the original;
-    "gaussian" init is down ~ N(0, 1/r), up = 0.
+    "gaussian" init is down ~ N(0, 1/r), up = 0. `dtype` is the adapter weights' dtype (None:
+    peft's, the base layer's): float32 under a half-precision model keeps the fresh draws exact,
+    the same numbers an fp32 model gets from the same seed.
     """
     ranks = rank if isinstance(rank, dict) else _capped_ranks(model, targets, rank)
     default_rank = max(set(ranks.values()), key=list(ranks.values()).count)
@@ -52,20 +56,43 @@ def add_adapter(
         rank_pattern=pattern,
         alpha_pattern=pattern,
     )
-    with warnings.catch_warnings():  # peft warns that several adapters now share the model: intended
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(), base_weights_as(model, targets, dtype):
+        warnings.simplefilter("ignore", UserWarning)  # peft warns that adapters now share the model: intended
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
     lean_lora(model)
     # Injecting re-activates only the new adapter; keep every adapter present usable.
     activate(model, adapter_names(model))
 
 
+@contextmanager
+def base_weights_as(model: torch.nn.Module, targets: list[str], dtype: torch.dtype | None):
+    """The targets' base weights in `dtype` for the block (None: unchanged), then back.
+
+    peft draws a new adapter's weights in float32, then casts them to its base layer's dtype:
+    under a half-precision model that rounds them (for training, back to float32 afterwards).
+    Half -> float32 -> half is exact, so the frozen weights come back bit for bit.
+    """
+    modules = dict(model.named_modules())
+    bases = [_base_linear(modules[name]) for name in targets] if dtype is not None else []
+    changed = [(base, base.weight.dtype) for base in bases if base.weight.dtype != dtype]
+    for base, _ in changed:
+        base.weight.data = base.weight.data.to(dtype)
+    try:
+        yield
+    finally:
+        for base, original in changed:
+            base.weight.data = base.weight.data.to(original)
+
+
+def _base_linear(layer: torch.nn.Module) -> torch.nn.Module:
+    return layer.get_base_layer() if isinstance(layer, LoraLayer) else layer
+
+
 def _capped_ranks(model, targets, rank):
     modules = dict(model.named_modules())
     ranks = {}
     for name in targets:
-        layer = modules[name]
-        base = layer.get_base_layer() if isinstance(layer, LoraLayer) else layer
+        base = _base_linear(modules[name])
         ranks[name] = min(rank, base.in_features, base.out_features)
     return ranks
 

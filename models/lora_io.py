@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from models.lora import add_adapter, path_of, set_scale
 from utils.errors import UserError
+from utils.io.torch_files import load_plain
 
 METADATA_KEY = "lora_config"
 _FILE_RE = re.compile(r"^(?P<step>\d+|[A-Za-z0-9_-]+?)_unet(?P<ext>\.safetensors|\.pt)$")
@@ -86,10 +87,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(file: Path):
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read LoRA file {file}: {err}; re-save or re-download it") from None
+    return load_plain(file, "LoRA file", "re-save or re-download it")
 
 
 def original_list_to_state_dict(tensors, targets: list[str], path: str, source="the LoRA file") -> dict[str, torch.Tensor]:

@@ -152,6 +152,44 @@ def test_frame_counts_are_matched_evenly(square_right):
     assert reference.score(square_right[:1]) is None  # one frame has no motion to compare
 
 
+def test_a_one_frame_reference_chunk_is_left_out_and_the_others_score(tmp_path, caplog):
+    """A single 17-frame video cut into 8-frame chunks leaves a last chunk of 1 frame: no motion to
+    compare, so it is left out with a warning instead of nulling every score."""
+    clip = make_moving_shape_video(tmp_path / "clip.mp4", frames=17, size=64)
+    run = _run_folder(tmp_path, f"dataset_types: [single_video]\ntrain_data:\n  single_video_path: {clip}\n"
+                                "  n_sample_frames: 8\n  width: 64\n  height: 64\n")
+    clips = reference_clips([str(run)])
+    assert [len(c) for c in clips] == [8, 8, 1]
+    with caplog.at_level("WARNING"):
+        score = mf.MotionReference(clips).score(moving_shape_frames(8, 64, "right", "circle"))
+    assert score is not None and score > 90
+    assert "fewer than 2 frames" in caplog.text
+
+
+def _texture_pan(width: int, height: int, frames: int = 10, step: int = 2) -> np.ndarray:
+    """A camera panning diagonally over a smooth random texture: every point moves (-step, -step)
+    pixels a frame, 45 degrees whatever the frame's shape."""
+    import cv2
+
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400)).astype(np.float32)
+    texture = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), 3), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return np.stack([np.repeat(texture[10 + step * t:10 + step * t + height, 10 + step * t:10 + step * t + width, None],
+                               3, axis=2) for t in range(frames)])
+
+
+def test_one_diagonal_motion_scores_the_same_at_two_aspect_ratios():
+    """Frames are scaled with their aspect ratio kept, so the 45-degree pan of a 3:1 clip (and of a
+    2:5 one) matches the square clip's: measured 99.94 and 99.82 against 100. Squashed to a square,
+    as before, the wide clip's motion turns to ~72 degrees and scores 94.3."""
+    import cv2
+
+    square = mf.track_displacements(_texture_pan(64, 64))
+    for width, height in ((192, 64), (64, 160)):
+        assert _fidelity(_texture_pan(width, height), square) == pytest.approx(100.0, abs=0.5)
+    squashed = np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in _texture_pan(192, 64)])
+    assert _fidelity(squashed, square) < 97
+
+
 # ----------------------------------------------------------------------------- prompts and report
 
 
@@ -194,16 +232,53 @@ def test_summary_json_and_csv(tmp_path):
     assert "25.00 ± 5.00" in printed and printed.splitlines()[2].startswith("a.mp4")
 
 
-def test_reference_from_a_training_run_folder(tmp_path):
-    clip = make_moving_shape_video(tmp_path / "clip.mp4", frames=16, size=64)
+def _run_folder(tmp_path, config: str) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(
-        "pretrained_model_path: ./models/x\noutput_dir: ./outputs\ndataset_types: [single_video]\n"
-        f"train_data:\n  single_video_path: {clip}\n  n_sample_frames: 8\n  width: 32\n  height: 32\n",
-        encoding="utf8")
+    (run / "config.yaml").write_text("pretrained_model_path: ./models/x\noutput_dir: ./outputs\n" + config,
+                                     encoding="utf8")
+    return run
+
+
+def test_reference_from_a_training_run_folder(tmp_path):
+    clip = make_moving_shape_video(tmp_path / "clip.mp4", frames=16, size=64)
+    run = _run_folder(tmp_path, f"dataset_types: [single_video]\ntrain_data:\n  single_video_path: {clip}\n"
+                                "  n_sample_frames: 8\n  width: 32\n  height: 32\n")
     clips = reference_clips([str(run)])
     assert [c.shape for c in clips] == [(8, 32, 32, 3), (8, 32, 32, 3)]  # the two 8-frame training chunks
+
+
+def test_reference_of_a_run_is_the_frames_it_trained(tiny_model_dir, tmp_path):
+    """A folder dataset draws each clip's start frame. One training step with seed 7 caches the
+    pixels it trained on (random_hflip_img > 0 keeps them): the reference reads them; without them
+    it re-runs the pipeline with the run's seed and gets the same frames (not a seed-0 draw)."""
+    import random
+
+    from utils.training.config import load_config
+    from utils.training.dataset import build_dataset
+    from utils.training.trainer import run as train
+
+    data = tmp_path / "clips"
+    make_moving_shape_video(data / "a.mp4", frames=24, size=64)
+    make_moving_shape_video(data / "b.mp4", frames=24, size=64, direction="down")
+    repo = Path(__file__).resolve().parents[1]
+    overrides = [f"pretrained_model_path={tiny_model_dir}", f"output_dir={tmp_path / 'out'}", "dataset_types=[folder]",
+                 f"train_data.path={data}", "train_data.n_sample_frames=4", "train_data.width=32",
+                 "train_data.height=32", "random_hflip_img=0.5", "max_train_steps=1", "checkpointing_steps=1",
+                 "validation_data.sample_preview=false", "validation_data.noise_prior=0", "seed=7"]
+    run = train(load_config(str(repo / "configs" / "config_tiny_cpu.yaml"), overrides))
+    trained = reference_clips([str(run)])
+    assert [c.shape for c in trained] == [(4, 32, 32, 3)] * 2
+    for file in (run / "cached_latents").glob("cached_*.pt"):  # a run that kept no pixels
+        entry = torch.load(file, weights_only=True)
+        del entry["pixel_values"]
+        torch.save(entry, file)
+    redrawn = reference_clips([str(run)])
+    assert all(np.array_equal(a, b) for a, b in zip(trained, redrawn))
+    random.seed(0)
+    dataset = build_dataset(load_config(str(run / "config.yaml")).train_data, ["folder"])
+    seed_0 = [((dataset[i]["pixel_values"].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round() for i in range(2)]
+    assert not all(np.array_equal(a, b) for a, b in zip(trained, seed_0))
 
 
 # ----------------------------------------------------------------------------- CLIs end to end

@@ -105,6 +105,36 @@ def test_lora_init_and_rank_cap(tiny_model_dir):
     assert abs(big.std().item() - 1 / 48) < 0.005  # down ~ N(0, 1/r)
 
 
+def test_fresh_lora_under_a_bf16_model_is_the_fp32_draw_unrounded(tiny_model_dir):
+    """The trainer's fresh adapters on a bf16 frozen UNet: float32 down weights equal, bit for bit,
+    what an fp32 UNet draws from the same seed (peft alone would round them through bf16), and
+    the frozen weights come back unchanged."""
+    from pathlib import Path
+
+    from models.bases import Components
+    from utils.training.config import load_config
+    from utils.training.trainer import add_adapters
+    from helpers import ZEROSCOPE
+
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "config_tiny_cpu.yaml"),
+                      [f"pretrained_model_path={tiny_model_dir}", "output_dir=unused"])
+    downs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        unet = load_unet(str(tiny_model_dir), dtype=dtype)
+        frozen = {k: v.clone() for k, v in unet.state_dict().items()}
+        torch.manual_seed(0)
+        adapters = add_adapters(cfg, Components(ZEROSCOPE, None, None, None, unet, None), 2, None)
+        downs[dtype] = {n: p.detach().clone() for n, p in unet.named_parameters() if ".lora_A." in n}
+        assert all(p.dtype == torch.float32 for plist in adapters.params.values() for p in plist)
+        after = {k.replace("base_layer.", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
+        assert after.keys() == frozen.keys() and all(torch.equal(v, after[k]) for k, v in frozen.items())
+    assert len(downs[torch.float32]) == 50 + 2 * 24  # temporal + one spatial LoRA per clip
+    for name, down in downs[torch.float32].items():
+        assert torch.equal(downs[torch.bfloat16][name], down), name
+    rounded = down.to(torch.bfloat16).float()
+    assert not torch.equal(rounded, down)  # what peft's cast alone would have given
+
+
 def test_fresh_adapter_changes_nothing_until_trained(tiny_model_dir):
     unet = load_unet(str(tiny_model_dir)).eval()
     torch.manual_seed(0)

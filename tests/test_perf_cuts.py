@@ -1,6 +1,9 @@
 """The overhead cuts of issue 13 change nothing but speed: the cached UNet dtype, lean attention calls."""
 
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 
 from diffusers import UNet3DConditionModel
 from diffusers.models.attention_processor import Attention
@@ -118,6 +121,74 @@ def test_lean_lora_linear_is_bit_identical_to_peft(tiny_model_dir):
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
+def _bf16_autocast_layer(tiny_model_dir, dropout):
+    from models.lora import add_adapter, lora_layers
+
+    unet = load_unet(str(tiny_model_dir), dtype=torch.bfloat16)  # frozen weights in bf16, as the trainer
+    torch.manual_seed(0)
+    add_adapter(unet, "temporal", lora_targets(unet, "temporal"), 4, dropout=dropout, dtype=torch.float32)
+    layer = lora_layers(unet)[0]
+    torch.nn.init.normal_(layer.lora_B["temporal"].weight, std=0.1)
+    layer.train()
+    layer.lora_A["temporal"].weight.requires_grad_(True)
+    layer.lora_B["temporal"].weight.requires_grad_(True)
+    return layer
+
+
+def test_lean_lora_linear_under_bf16_autocast_equals_peft_without_dropout(tiny_model_dir):
+    """With dropout off, running the branch in bf16 changes no value: peft's float32 copy of the
+    input is cast back to bf16 by autocast for the matmul. Outputs and fp32 gradients bit-identical."""
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    layer = _bf16_autocast_layer(tiny_model_dir, dropout=0.0)
+    weights = [layer.lora_A["temporal"].weight, layer.lora_B["temporal"].weight]
+    inputs = (torch.randn(2, 6, layer.in_features), torch.randn(2, 6, layer.in_features).bfloat16())
+    results = []
+    for cls in (type(layer), PeftLoraLinear):
+        layer.__class__ = cls
+        for x in inputs:
+            with torch.autocast("cpu", torch.bfloat16):
+                out = layer(x)
+            out.float().square().sum().backward()
+            results.append((out.detach(), [w.grad.clone() for w in weights]))
+            for w in weights:
+                w.grad = None
+    for ours, peft in zip(results[:2], results[2:]):
+        assert ours[0].dtype == torch.bfloat16 and torch.equal(ours[0], peft[0])
+        assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(ours[1], peft[1]))
+
+
+def test_lean_lora_linear_under_bf16_autocast_drops_out_in_bf16(tiny_model_dir):
+    """With dropout: the branch is base(x) + up(down(dropout(x in bf16))), computed by hand with the
+    same seed, and no op of the layer makes a float32 tensor the size of its input."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Float32Copies(TorchDispatchMode):
+        def __init__(self, numel):
+            super().__init__()
+            self.numel, self.ops = numel, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() == self.numel:
+                    self.ops.append(func.__name__)
+            return out
+
+    layer = _bf16_autocast_layer(tiny_model_dir, dropout=0.1)
+    x = torch.randn(2, 6, layer.in_features).bfloat16()
+    base, down, up = layer.get_base_layer(), layer.lora_A["temporal"].weight, layer.lora_B["temporal"].weight
+    copies = Float32Copies(x.numel())
+    torch.manual_seed(3)
+    with torch.autocast("cpu", torch.bfloat16), copies:
+        out = layer(x)
+    torch.manual_seed(3)
+    with torch.autocast("cpu", torch.bfloat16):
+        hand = F.linear(x, base.weight, base.bias) + F.linear(F.linear(F.dropout(x, 0.1, True), down), up)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, hand)
+    assert copies.ops == []
+
+
 def test_lean_lora_linear_falls_back_to_peft_when_merged(tiny_model_dir):
     from models.lora import add_adapter, lora_layers
 
@@ -168,3 +239,29 @@ def test_lean_sdpa_processor_takes_the_stock_path_outside_the_plain_case(tiny_mo
                                                                                 stock(attention, hidden))
     attention.rescale_output_factor, attention.residual_connection = 1.0, True
     assert torch.equal(lean(attention, hidden), plain + hidden)
+
+
+def test_the_in_process_ab_swaps_the_layer_classes_both_ways(tiny_model_dir):
+    """benchmarks/ab_lean_layers.py's setups: stock classes, LeanAttention alone, all lean ones."""
+    import sys
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    from models.fast_layers import LeanLoraLinear, LeanSdpaProcessor
+    from models.lora import add_adapter, lora_layers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ab_lean_layers
+
+    unet = load_unet(str(tiny_model_dir))
+    add_adapter(unet, "temporal", lora_targets(unet, "temporal"), 4)
+    expected = {"stock": (Attention, PeftLoraLinear, AttnProcessor2_0),
+                "lean_attention": (LeanAttention, PeftLoraLinear, AttnProcessor2_0),
+                "lean": (LeanAttention, LeanLoraLinear, LeanSdpaProcessor)}
+    for setup in ("stock", "lean_attention", "lean", "stock"):
+        ab_lean_layers.use_setup(unet, setup)
+        attention, lora, processor = expected[setup]
+        assert {type(m) for m in unet.modules() if isinstance(m, Attention)} == {attention}
+        assert {type(m) for m in lora_layers(unet)} == {lora}
+        assert {type(p) for p in unet.attn_processors.values()} == {processor}

@@ -450,6 +450,17 @@ def test_compare_writes_scores_and_strip(tmp_path):
     assert iio.imread(tmp_path / "out" / "strip.png").shape == (2 * (3 * world.SIZE + 6), 2 * world.FRAMES * (world.SIZE + 2), 3)
 
 
+def test_vae_round_trip_reads_the_clip_and_its_decode(capsys):
+    """`vae-roundtrip` scores a reference clip as written and after the shipped VAE (the README's figure)."""
+    from utils.toy_world.__main__ import main
+
+    clip = REPO / "test_data" / "toy_world" / "zigzag" / "single" / "blue_square_zigzag_20_32.mp4"
+    main(["vae-roundtrip", str(SHIPPED_BASE), str(clip)])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "zigzag:" in line]
+    written, decoded = [float(word) for word in line.replace(",", " ").split() if word.replace(".", "").isdigit()][:2]
+    assert written < 1.5 and written < decoded < 4.0
+
+
 def test_pretraining_clips_start_near_the_centre():
     """Starts within START_SPREAD of the centred start in both axes (so the motion word says where
     the subject is in each frame); spread=None draws anywhere the clip fits."""

@@ -198,6 +198,23 @@ def test_max_grad_norm_clips_each_path_before_its_step():
     assert spies["b"].norms == [pytest.approx(0.2, rel=1e-5)]  # under the limit: untouched
 
 
+def test_validation_with_a_noise_prior_samples_at_the_cached_size(tiny_model_dir, tmp_path):
+    """As the original: a noise prior's sample keeps the cached clip's latent size and frame count
+    (trained at 32x32x4 here; validation_data asks for 64x64x8)."""
+    from utils.io.video_io import video_info
+
+    run_dir = trainer.run(_config(tiny_model_dir, tmp_path / "out", max_train_steps=1, checkpointing_steps=1,
+                                  validation_steps=1, **{"train_data.width": 32, "train_data.height": 32,
+                                                         "validation_data.noise_prior": 0.5,
+                                                         "validation_data.sample_preview": True,
+                                                         "validation_data.num_inference_steps": 2,
+                                                         "validation_data.width": 64, "validation_data.height": 64,
+                                                         "validation_data.num_frames": 8}))
+    (sample,) = (run_dir / "samples").glob("1_*.mp4")
+    info = video_info(sample)
+    assert (info.width, info.height, info.num_frames) == (32, 32, 4)
+
+
 def test_batch_size_above_one_warns(tiny_model_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="utils.training.trainer"):
         trainer.run(_config(tiny_model_dir, tmp_path, train_batch_size=2, max_train_steps=1, max_grad_norm=1.0))

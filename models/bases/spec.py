@@ -259,7 +259,7 @@ class VideoBase:
 
     def architecture(self, arch: str) -> dict:
         """{"denoiser": config, "vae": config, "text": (tokens, width)} of a full-size `arch`, or
-        of "tiny" (the test model)."""
+        of "tiny" (the test model); optionally "text_encoder": config for `build_text_encoder`."""
         raise NotImplementedError
 
     def folder_architecture(self, model_path: str) -> dict:
@@ -271,6 +271,11 @@ class VideoBase:
         raise NotImplementedError
 
     def build_vae(self, config) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def build_text_encoder(self, config) -> torch.nn.Module:
+        """A random text encoder of `config` (`architecture(...)["text_encoder"]`, optional: the
+        memory predictor counts it while latents are cached when a base builds one)."""
         raise NotImplementedError
 
     def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:

@@ -219,18 +219,27 @@ class ZeroScopeBase(UNetBase):
                     "text": (77, tiny_parts.TINY_TEXT_ENCODER["hidden_size"])}
         if arch not in self.archs:
             raise ValueError(f"unknown {self.name} arch {arch!r}; choose from {self.archs}")
-        return {"denoiser": FULL_SIZE_UNET, "vae": FULL_SIZE_VAE, "text": (77, FULL_SIZE_TEXT["hidden_size"])}
+        return {"denoiser": FULL_SIZE_UNET, "vae": FULL_SIZE_VAE, "text": (77, FULL_SIZE_TEXT["hidden_size"]),
+                "text_encoder": FULL_SIZE_TEXT}
 
     def folder_architecture(self, model_path: str) -> dict:
+        from transformers import CLIPTextConfig
+
         unet = dict(UNet3DConditionModel.load_config(model_path, subfolder="unet"))
         vae = dict(AutoencoderKL.load_config(model_path, subfolder="vae"))
-        return {"denoiser": unet, "vae": vae, "text": (77, unet["cross_attention_dim"])}
+        text = CLIPTextConfig.from_pretrained(model_path, subfolder="text_encoder").to_dict()
+        return {"denoiser": unet, "vae": vae, "text": (77, unet["cross_attention_dim"]), "text_encoder": text}
 
     def build_denoiser(self, config) -> torch.nn.Module:
         return prepare_unet(UNet3DConditionModel(**config))
 
     def build_vae(self, config) -> torch.nn.Module:
         return AutoencoderKL(**config)
+
+    def build_text_encoder(self, config) -> torch.nn.Module:
+        from transformers import CLIPTextConfig
+
+        return CLIPTextModel(CLIPTextConfig(**config))
 
     def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:
         """ZeroScope's architecture with random weights; the tiny byte-level tokenizer's ids fit

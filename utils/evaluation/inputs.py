@@ -125,30 +125,60 @@ def reference_clips(specs: list[str]) -> list[np.ndarray]:
 
 
 def training_clips(run: Path) -> list[np.ndarray]:
-    """The clips a run trained on, as its data pipeline gave them (frames, size, sampling).
+    """The clips a run trained on (image datasets left out: they carry no motion).
 
-    Read through the run's config.yaml, so its data paths must still be valid from here.
-    Image datasets are left out: they carry no motion.
+    The pixels in the run's latent cache when it kept them (the original's caches always do, ours
+    with random_hflip_img > 0): exactly the frames trained. Otherwise its data pipeline, re-run as
+    training ran it: through its config.yaml (its data paths must still be valid from here) with
+    its seed, from which the folder dataset drew each clip's start frame.
     """
     from utils.training.config import load_config
-    from utils.training.dataset import build_dataset
 
     config = load_config(str(run / "config.yaml"))
     video_types = [t for t in config.dataset_types if t != "image"]
     if not video_types:
         raise UserError(f"--reference: the run {run} trained on images only; give reference clips instead")
+    clips = _cached_pixels(run, config)
+    source = "cached pixel values"
+    if clips is None:
+        clips, source = _redrawn_clips(run, config, video_types), f"its data pipeline with seed {config.seed}"
+    logger.info("reference: %d training clips of %s (%s)", len(clips), run, source)
+    return clips
+
+
+def _cached_pixels(run: Path, config) -> list[np.ndarray] | None:
+    """The video clips' pixel values in the run's latent cache, or None when it has none."""
+    from utils.run_folder import CACHE_DIR
+    from utils.training.latent_cache import load_cached
+
+    folder = Path(config.cached_latent_dir) if config.cached_latent_dir else run / CACHE_DIR
+    if not folder.is_dir() or not any(folder.glob("cached_*.pt")):
+        return None
+    items = load_cached(folder)
+    if not all("pixel_values" in item for item in items):
+        return None
+    return [_to_uint8(item["pixel_values"]) for item in items if item.get("dataset") != "image"]
+
+
+def _redrawn_clips(run: Path, config, video_types: list[str]) -> list[np.ndarray]:
+    """The dataset's clips with the draws training made: the trainer seeds Python's RNG with the
+    run's seed before it reads the clips in order, and nothing draws from it in between."""
+    from utils.training.dataset import build_dataset
+
+    if config.seed is None and "folder" in video_types:
+        logger.warning("--reference: %s trained without a seed, so the folder clips' start frames cannot be "
+                       "drawn again; using seed 0 (keep the run's cached_latents with random_hflip_img > 0, or "
+                       "set seed, for the frames that were trained)", run)
     state = random.getstate()
-    random.seed(0)  # the folder dataset picks a random start; keep the reference the same every time
+    random.seed(0 if config.seed is None else config.seed)
     try:
         dataset = build_dataset(config.train_data, video_types)
-        clips = [_to_uint8(dataset[i]["pixel_values"]) for i in range(len(dataset))]
+        return [_to_uint8(dataset[i]["pixel_values"]) for i in range(len(dataset))]
     except UserError as err:
         raise UserError(f"--reference: cannot read the training clips of {run} ({err}); run from the "
                         "folder training ran in, or give the clips themselves") from None
     finally:
         random.setstate(state)
-    logger.info("reference: %d training clips of %s", len(clips), run)
-    return clips
 
 
 def _to_uint8(pixel_values) -> np.ndarray:

@@ -14,8 +14,10 @@ Where we differ, and why:
   preset), chained frame to frame from a regular grid of points: the paper used CoTracker, a
   learned tracker we do not ship. (DIS keeps textureless moving regions together far better
   than Farneback flow, which tore the tracks of a flat-coloured moving shape apart.)
-* Both clips are first brought to one size (`size` x `size`, grey) and one frame count (the
-  shorter clip's, frames taken evenly over each clip), so displacements are comparable.
+* Both clips are first brought to one scale (grey, the shorter side `size` pixels, the aspect
+  ratio kept, so a diagonal motion keeps its angle whatever the two clips' shapes) and one frame
+  count (the shorter clip's, frames taken evenly over each clip), so displacements are comparable.
+  Track start points lie on a square grid, `grid` along the shorter side.
 * Near-zero motion is explicit, since the cosine of a zero vector is undefined: a displacement
   shorter than `min_motion` pixels is "still". The mean in corr runs over the frames where at
   least one of the two tracks moves; there a still displacement against a moving one counts 0.
@@ -28,11 +30,15 @@ Range: -100 (opposite motion everywhere) to 100 (the same motion).
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 
-SIZE = 256  # common frame size for the flow
-GRID = 32  # GRID x GRID track start points
+logger = logging.getLogger(__name__)
+
+SIZE = 256  # the shorter side of the frames the flow sees
+GRID = 32  # track start points along the shorter side (square grid)
 MIN_MOTION = 0.5  # pixels per frame at SIZE: below this a displacement counts as still
 
 
@@ -47,22 +53,32 @@ def even_frames(frames: np.ndarray, count: int) -> np.ndarray:
     return frames[np.linspace(0, len(frames) - 1, count).round().astype(int)]
 
 
-def track_displacements(frames: np.ndarray, size: int = SIZE, grid: int = GRID) -> np.ndarray:
-    """float32 (N, F-1, 2): per-frame displacements of GRID x GRID tracked points.
+def scaled_size(height: int, width: int, size: int = SIZE) -> tuple[int, int]:
+    """(width, height) with the shorter side `size` and the aspect ratio kept."""
+    scale = size / min(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
-    Each point starts on a regular grid in the first frame and moves by the (bilinearly sampled)
-    optical flow at its current position, frame after frame.
+
+def track_displacements(frames: np.ndarray, size: int = SIZE, grid: int = GRID) -> np.ndarray:
+    """float32 (N, F-1, 2): per-frame displacements (x, y) of tracked points, in pixels of the
+    frames scaled to a shorter side of `size`.
+
+    Each point starts on a square grid (`grid` points along the shorter side) in the first frame
+    and moves by the (bilinearly sampled) optical flow at its current position, frame after frame.
     """
-    grey = [cv2.resize(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), (size, size),
+    width, height = scaled_size(*frames.shape[1:3], size)
+    grey = [cv2.resize(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), (width, height),
                        interpolation=cv2.INTER_AREA) for f in frames]
-    step = size / grid
-    ys, xs = np.mgrid[0:grid, 0:grid].astype(np.float32) * step + step / 2
-    points = np.stack([xs.ravel(), ys.ravel()], axis=-1)
+    step = min(width, height) / grid
+    xs = np.arange(max(1, round(width / step)), dtype=np.float32) * step + step / 2
+    ys = np.arange(max(1, round(height / step)), dtype=np.float32) * step + step / 2
+    points = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+    corner = np.array([width - 1, height - 1], np.float32)
     displacements = np.zeros((len(points), max(len(frames) - 1, 0), 2), np.float32)
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     for t in range(len(frames) - 1):
         displacements[:, t] = _sample(flow.calc(grey[t], grey[t + 1], None), points)
-        points = np.clip(points + displacements[:, t], 0, size - 1)
+        points = np.clip(points + displacements[:, t], 0, corner)
     return displacements
 
 
@@ -113,20 +129,30 @@ def motion_fidelity(generated: np.ndarray, reference: np.ndarray, size: int = SI
 
 class MotionReference:
     """Reference clips whose tracks are computed once per frame count; a video's score is its
-    best match among them (a multi-video motion is shown by any one of its clips)."""
+    best match among them (a multi-video motion is shown by any one of its clips).
+
+    A reference clip of fewer than 2 frames (a single video's short last chunk) has no motion:
+    it is left out with a warning, and the others score.
+    """
 
     def __init__(self, clips: list[np.ndarray], size: int = SIZE, grid: int = GRID):
-        self.clips, self.size, self.grid = clips, size, grid
+        short = [i for i, clip in enumerate(clips) if len(clip) < 2]
+        if short:
+            logger.warning("motion fidelity: reference clip(s) %s have fewer than 2 frames (no motion); left out",
+                           ", ".join(str(i) for i in short))
+        self.clips = [clip for clip in clips if len(clip) >= 2]
+        self.size, self.grid = size, grid
         self._tracks: dict[tuple[int, int], np.ndarray] = {}
 
     def score(self, frames: np.ndarray) -> float | None:
-        """Best motion fidelity of `frames` over the reference clips; None when a clip has one frame."""
+        """Best motion fidelity of `frames` over the reference clips; None when `frames` has fewer
+        than 2 frames or no reference clip has 2."""
+        if len(frames) < 2 or not self.clips:
+            return None
         generated: dict[int, np.ndarray] = {}  # tracks of `frames` per common frame count
         scores = []
         for i, clip in enumerate(self.clips):
             count = common_frame_count(frames, clip)
-            if count < 2:
-                return None
             if (i, count) not in self._tracks:
                 self._tracks[i, count] = track_displacements(even_frames(clip, count), self.size, self.grid)
             if count not in generated:

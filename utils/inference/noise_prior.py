@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
-from utils.training.latent_cache import cached_files, invert_clip
+from utils.training.latent_cache import cached_files, invert_clip, load_cached_file
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,8 @@ class NoisePrior:
 
     def entry(self, file: Path) -> dict:
         if file not in self._entries:
-            try:
-                self._entries[file] = torch.load(file, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise UserError(f"cannot read cached latents {file}: {str(err).splitlines()[0]}") from None
-            if "latents" not in self._entries[file]:
-                raise UserError(f"{file} holds no 'latents': not a cached_latents file of a training run")
+            self._entries[file] = load_cached_file(file, "give the cached_latents/ of a training run or "
+                                                   "--noise_prior 0")
         return self._entries[file]
 
     def inverted(self, file: Path, components) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,layout,binding,compare,experiment,table} ...: see --help of each command."""
+"""python -m utils.toy_world {make-data,pretrain,sample,score,probe,layout,binding,compare,vae-roundtrip,experiment,table} ...: see --help of each command."""
 
 from __future__ import annotations
 
@@ -122,6 +122,18 @@ def _compare(args) -> None:
     print(f"wrote {args.out_dir}/scores.json and {args.out_dir}/strip.png")
 
 
+def _vae_round_trip(args) -> None:
+    from utils.toy_world.compare import vae_round_trip
+    from utils.toy_world.experiment import reference_clips
+
+    torch.set_num_threads(args.threads)
+    clips = args.clips or [clip for motion in ("bouncing", "circling", "growing", "zigzag")
+                           for clip in reference_clips(motion, "single")]
+    for row in vae_round_trip(args.model, clips, args.seed):
+        print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
+              f"{row['round_trip_px']:5.2f} px after the VAE  ({row['clip']})")
+
+
 def _layout(args) -> None:
     from utils.toy_world.evaluate import conditional_layout
 
@@ -232,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--motiondirector", required=True, help="video with the trained temporal LoRA")
     cmp.add_argument("--out-dir", required=True, help="folder for scores.json and strip.png")
     cmp.set_defaults(run=_compare)
+
+    trip = commands.add_parser("vae-roundtrip", help="trajectory distance of reference clips before and after "
+                                                     "the base's VAE encode + decode")
+    trip.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
+    trip.add_argument("clips", nargs="*", help="clips with same-named .txt captions (default: the single "
+                                               "reference clip of each new motion in test_data/toy_world)")
+    trip.add_argument("--seed", type=int, default=0, help="seed of the posterior sample (default 0)")
+    trip.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    trip.set_defaults(run=_vae_round_trip)
 
     exp = commands.add_parser("experiment", help="base, MotionDirector and its ablations on new motions (a table)")
     exp.add_argument("model", help="the base pipeline folder")

@@ -62,3 +62,25 @@ def compare_videos(reference: str | Path, prompt: str, base_video: str | Path, m
     (out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n", encoding="utf8")
     iio.imwrite(out / "strip.png", strip([reference_frames, read_video(Path(base_video)), read_video(Path(md_video))]))
     return scores
+
+
+def vae_round_trip(model_dir: str | Path, clips: list[Path], seed: int = 0) -> list[dict]:
+    """The trajectory distance to its caption's motion of each clip as read from the file and
+    after the base's VAE encode and decode (the latents sampled from the posterior with `seed`):
+    how much of a motion the VAE alone loses."""
+    import torch
+
+    from models.bases import load_components
+
+    components = load_components(str(model_dir))
+    rows = []
+    for clip in clips:
+        shape, color, motion = parse_caption(Path(clip).with_suffix(".txt").read_text(encoding="utf8"))
+        frames = read_video(Path(clip))
+        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0
+        torch.manual_seed(seed)
+        decoded = components.decode_video(components.encode_video(pixels))[0].numpy()
+        rows.append({"clip": str(clip), "motion": motion,
+                     "file_px": round(score_clip(frames, shape, color, motion).trajectory_distance, 2),
+                     "round_trip_px": round(score_clip(decoded, shape, color, motion).trajectory_distance, 2)})
+    return rows

@@ -118,7 +118,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    return torch.load(path, weights_only=True) if path.is_file() else None  # state dicts and numbers
 
 
 # ----------------------------------------------------------------------------- VAE stage
@@ -208,7 +208,7 @@ def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
     """Scaled VAE latents (N, 4, F, 8, 8) and caption index of every pretraining clip, cached on disk."""
     cache = out / "checkpoints" / "latents.pt"
     if cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(out / "vae").eval()

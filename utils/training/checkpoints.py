@@ -17,6 +17,7 @@ import torch
 from models.lora import TEMPORAL
 from models.lora_io import adapter_state_dict, save_adapter
 from utils.errors import UserError
+from utils.io.torch_files import LEGACY_NUMPY, load_plain
 from utils.run_folder import (
     CHECKPOINT_RE,
     STATE_FILE,
@@ -56,6 +57,13 @@ def save_checkpoint(run_dir: Path, step: int, base, model, spatial_names, tempor
     return final
 
 
+def load_training_state(checkpoint: Path) -> dict:
+    """`training_state.pt` of a checkpoint, read without running code (tensors and plain values;
+    numpy's RNG array of older checkpoints is allowed)."""
+    return load_plain(Path(checkpoint) / STATE_FILE, "training state", "resume from a checkpoint this project "
+                      "wrote, or start without resume_from_checkpoint", allow=LEGACY_NUMPY)
+
+
 def save_final(run_dir: Path, step: int, base, model, spatial_names, temporal: bool) -> None:
     write_adapters(Path(run_dir), step, base, model, spatial_names, temporal)
 
@@ -81,7 +89,12 @@ def resolve_resume(value: str, output_dir: str) -> Path:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG the run draws from, as tensors, tuples, lists and numbers: a training state
+    then loads with `weights_only=True` (numpy's ndarray of keys would need an allow-list)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": keys.tolist(), "position": position, "has_gauss": has_gauss,
+                   "cached_gaussian": cached_gaussian}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -89,7 +102,11 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], np.array(numpy_state["keys"], dtype=np.uint32), numpy_state["position"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # a tuple: a state written before the lists
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

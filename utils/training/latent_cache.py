@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.errors import UserError
+from utils.io.torch_files import load_plain
 
 logger = logging.getLogger(__name__)
 _CACHE_RE = re.compile(r"^cached_(\d+)\.pt$")
@@ -79,14 +80,19 @@ def cached_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: int(_CACHE_RE.match(p.name)[1]))
 
 
+def load_cached_file(file: Path, how_to_fix: str) -> dict:
+    """One cached clip (ours or the original's), read without running code: tensors and plain values."""
+    entry = load_plain(file, "cached latents", how_to_fix)
+    if not isinstance(entry, dict) or "latents" not in entry:
+        raise UserError(f"{file} holds no 'latents': not a cached_latents file of a training run; {how_to_fix}")
+    return entry
+
+
 def load_cached(folder: Path) -> list[dict]:
     """Every cached clip, in memory (they are small), as training items."""
     items = []
     for index, file in enumerate(cached_files(folder)):
-        try:
-            entry = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise UserError(f"cannot read cached latents {file}: {err}; delete the folder to re-encode") from None
+        entry = load_cached_file(file, "delete the folder to re-encode")
         entry["prompt"] = entry.get("text_prompt", "")
         entry["index"] = index
         items.append(entry)

@@ -4,7 +4,9 @@ Update order differs from the original on purpose: the original steps the spatia
 the two backward passes, which breaks autograd in float32 ("modified by an inplace operation").
 Here the spatial loss is backpropagated first, the temporal forward runs with the spatial LoRA
 frozen (so its gradient cannot reach it), and the caller steps both optimisers afterwards. The
-temporal loss therefore sees the same pre-update spatial weights as in the original.
+temporal forward sees the pre-update spatial weights, as the original's did; its backward too,
+where the original's gradient-checkpointed backward (every shipped config) recomputed the
+spatial-LoRA layers with the weights the spatial step had just updated.
 """
 
 import random

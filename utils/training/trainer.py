@@ -21,8 +21,15 @@ from models.bases import base_for_model, load_components
 from models.checkpointing import enable_gradient_checkpointing
 from models.lora import TEMPORAL, adapter_parameters, add_adapter, lora_layers, path_of, spatial_adapter_names
 from models.lora_io import load_adapter
-from utils.run_folder import CACHE_DIR, CONFIG_FILE, LOGS_DIR, SAMPLES_DIR, STATE_FILE, adapter_folder, new_run_dir
-from utils.training.checkpoints import resolve_resume, rng_state, save_checkpoint, save_final, set_rng_state
+from utils.run_folder import CACHE_DIR, CONFIG_FILE, LOGS_DIR, SAMPLES_DIR, adapter_folder, new_run_dir
+from utils.training.checkpoints import (
+    load_training_state,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+)
 from utils.cli import process_state
 from utils.training.config import save_config
 from utils.training.dataset import build_dataset
@@ -93,9 +100,10 @@ def run(cfg) -> Path:
     if cfg.save_pretrained_model:
         logger.warning("save_pretrained_model: only the LoRA adapters are saved; the base model never changes")
     if cfg.train_batch_size > 1:
-        logger.warning("train_batch_size: %d: each step trains on one clip (its own spatial LoRA), as the "
-                       "original did; use gradient_accumulation_steps for several clips per update",
-                       cfg.train_batch_size)
+        logger.warning("train_batch_size: %d: each step trains on one clip (its own spatial LoRA); the original "
+                       "stacked that many clips into a step, under the spatial LoRA of the batch's position (and, "
+                       "caching latents, kept only the first clip of each batch); use gradient_accumulation_steps "
+                       "for several clips per update", cfg.train_batch_size)
     # Every input is checked before the run folder is made or a model is loaded.
     base = base_for_model(cfg.pretrained_model_path, base_options(cfg))
     check_sizes(cfg, base)
@@ -218,12 +226,10 @@ def add_adapters(cfg, components, num_items: int, resume_from: Path | None) -> A
         if start is not None:  # float32, never through the frozen UNet's half precision
             load_adapter(unet, start, name, components.lora_targets(path_of(name)), dropout=cfg.lora_unet_dropout,
                          dtype=torch.float32)
-        else:
-            add_adapter(unet, name, components.lora_targets(path_of(name)), cfg.lora_rank, cfg.lora_unet_dropout)
+        else:  # float32 draws, never rounded through the frozen model's half precision
+            add_adapter(unet, name, components.lora_targets(path_of(name)), cfg.lora_rank, cfg.lora_unet_dropout,
+                        dtype=torch.float32)
     params = {name: adapter_parameters(unet, name) for name in names}
-    for plist in params.values():
-        for p in plist:  # trainable LoRA weights stay float32 under fp16/bf16 (frozen UNet is cast)
-            p.data = p.data.float()
     return Adapters(spatial, params, lora_layers(unet), TEMPORAL if cfg.train_temporal_lora else None)
 
 
@@ -325,7 +331,7 @@ class TrainingLoop:
 
     def resume(self, checkpoint: Path) -> int:
         """Optimisers, LR schedulers, grad scaler and RNG of `checkpoint` (adapters are loaded already)."""
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_training_state(checkpoint)
         self.optimisers.load_state_dict(state["optimisers"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
