@@ -52,7 +52,6 @@ GB = 2**30  # "GB" below is GiB, as nvidia-smi's MiB / 1024
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINTING = ("off", "block", "fine")  # "off" and every base's granularities
 LORA_DROPOUT = 0.1  # the configs' lora_unet_dropout
-GUIDANCE_SCALE = 12.0  # validation sampling's (any value > 1: the CFG batch of 2)
 # PyTorch's default cuBLAS workspace (aten/src/ATen/cuda/CublasHandlePool.cpp, `getChosenWorkspaceSize`):
 # 32 MiB on compute capability 9.x/10.x/12.x (Hopper, Blackwell), 8 MiB + 128 KiB before; allocated
 # through the caching allocator once per (handle, stream), a handle per thread, and kept. cuBLASLt
@@ -280,7 +279,8 @@ def build_meta_denoiser(base, config, rank: int | None, videos: int = 1):
 
 
 def materialise(module: torch.nn.Module, dtype: torch.dtype, device="meta") -> None:
-    """New parameters in the training dtypes: frozen weights in `dtype`, LoRA in fp32 as the trainer makes them."""
+    """New parameters in the training dtypes: frozen weights and floating buffers in `dtype`, LoRA in fp32
+    as the trainer makes them."""
     for module_name, sub in module.named_modules():
         for name, p in list(sub._parameters.items()):
             if p is not None:
@@ -289,8 +289,10 @@ def materialise(module: torch.nn.Module, dtype: torch.dtype, device="meta") -> N
                     torch.empty(p.shape, dtype=torch.float32 if is_lora else dtype, device=device),
                     requires_grad=False)
         for name, b in list(sub._buffers.items()):
-            if b is not None:
-                sub._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+            if b is not None:  # floating buffers (e.g. a positional table) take the dtype, as `.to(dtype)` does
+                buffer_dtype = dtype if b.is_floating_point() else b.dtype
+                sub._buffers[name] = torch.empty(b.shape, dtype=buffer_dtype, device=device)
+        sub.__dict__.pop("_cached_dtype", None)  # models.fast_layers.CachedDtype: the dtype changed
 
 
 def param_bytes(params) -> int:
@@ -472,8 +474,9 @@ def meta_module(build, config, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def meta_text_encoder(base, sizes: dict, dtype: torch.dtype):
-    """The base's text encoder on meta, or None when the base does not say how to build it."""
-    if sizes.get("text_encoder") is None:
+    """The base's text encoder on meta, or None when the base keeps it on the CPU (Wan's UMT5) or
+    does not say how to build it."""
+    if base.text_encoder_on_cpu or sizes.get("text_encoder") is None:
         return None
     try:
         return meta_module(base.build_text_encoder, sizes["text_encoder"], dtype)
@@ -529,8 +532,13 @@ def sample_and_decode(components, adapters, shape, prompt: torch.Tensor, emulati
     unet.eval()
     try:
         with checkpointing_paused(unet), emulation.autocast():
-            noise = torch.randn(shape, device="meta")
-            latents = components.base.sample(components, noise, prompt, prompt, 1, GUIDANCE_SCALE)
+            # The denoiser call of one sampling step, guidance batched as `VideoBase.sample` batches
+            # it (the scheduler's own step is latent-sized and, for flow schedulers, not traceable
+            # on meta tensors: its timestep lookup needs nonzero()).
+            latents = torch.randn(shape, device="meta")
+            timesteps = torch.full((2,), 500, device="meta")
+            components.predict(torch.cat([latents] * 2).to(unet.dtype), timesteps,
+                               torch.cat([prompt, prompt]).to(unet.dtype))
             components.decode_video(latents)
     finally:
         unet.train()
@@ -577,7 +585,8 @@ def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda
     random.setstate(python_rng)
     vae = param_bytes(meta_module(base.build_vae, sizes["vae"], DTYPES[setup.precision]).parameters())
     result = summarise(unet, setup, peak, counter, vae, phases, CUBLAS_WORKSPACE if cuda else 0)
-    result.update(text_encoder_counted=meta_text_encoder(base, sizes, torch.float16) is not None,
+    counted = "on the CPU" if base.text_encoder_on_cpu else meta_text_encoder(base, sizes, torch.float16) is not None
+    result.update(text_encoder_counted=counted,
                   step_above_start_bytes=peak["Total"] - tracer.state_at_start,  # what the step itself adds
                   trace_s=round(time.perf_counter() - start, 1))
     return result

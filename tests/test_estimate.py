@@ -365,3 +365,17 @@ def test_checkpointing_is_paused_and_restored_and_undone(tiny_model_dir):
     assert not any("forward" in vars(m) for m in unet.modules())
     with pytest.raises(ValueError, match="granularity"):
         ZEROSCOPE.checkpoint_targets(unet, "layer")
+
+
+@pytest.mark.parametrize("base, frames, precision", [("animatediff", 8, "fp16"), ("wan", 9, "bf16")])
+def test_every_base_is_predicted_in_every_phase(base, frames, precision, tmp_path, capsys):
+    """The predictor runs each base's real step, inversion and sampling call under CUDA's half
+    precision (a float32 buffer or an untraceable scheduler op would stop it)."""
+    from utils.tools.tiny_model import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / base, base=base)
+    result = benchmark.main(["--estimate", "--model", str(folder), "--width", "64", "--height", "64", "--frames",
+                             str(frames), "--rank", "4", "--precision", precision, "--gradient-checkpointing"])
+    peaks = {name: phase["peak_gb"] for name, phase in result["phases"].items()}
+    assert set(peaks) == {"caching", "inversion", "training_step", "validation"} and min(peaks.values()) > 0
+    assert result["predicted_peak_gb"] == max(peaks.values()) and result["peak_phase"] == max(peaks, key=peaks.get)

@@ -270,13 +270,13 @@ class AnimateDiffBase(UNetBase):
 
     def architecture(self, arch: str) -> dict:
         if arch == "tiny":
-            unet, adapter, text = TINY_UNET, TINY_ADAPTER, tiny_parts.TINY_TEXT_ENCODER["hidden_size"]
-            vae = tiny_parts.TINY_VAE
+            unet, adapter, text, vae = TINY_UNET, TINY_ADAPTER, tiny_parts.TINY_TEXT_ENCODER, tiny_parts.TINY_VAE
         elif arch in self.archs:
-            unet, adapter, text, vae = FULL_SIZE_UNET, FULL_SIZE_ADAPTER, FULL_SIZE_TEXT["hidden_size"], FULL_SIZE_VAE
+            unet, adapter, text, vae = FULL_SIZE_UNET, FULL_SIZE_ADAPTER, FULL_SIZE_TEXT, FULL_SIZE_VAE
         else:
             raise ValueError(f"unknown {self.name} arch {arch!r}; choose from {self.archs}")
-        return {"denoiser": motion_unet_config(unet, adapter), "vae": vae, "text": (77, text)}
+        return {"denoiser": motion_unet_config(unet, adapter), "vae": vae, "text": (77, text["hidden_size"]),
+                "text_encoder": text}
 
     def folder_architecture(self, model_path: str) -> dict:
         """Of an AnimateDiffPipeline folder (its unet/ config is the UNetMotionModel's)."""
@@ -286,9 +286,6 @@ class AnimateDiffBase(UNetBase):
 
     def build_denoiser(self, config) -> torch.nn.Module:
         return prepare_unet(UNetMotionModel.from_config(config))
-
-    def build_vae(self, config) -> torch.nn.Module:
-        return AutoencoderKL(**config)
 
     def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:
         """SD 1.5 + motion adapter v1-5-2 with random weights; the tiny byte-level tokenizer's ids

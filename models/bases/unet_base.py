@@ -6,9 +6,10 @@ original MotionDirector's DDIM inversion.
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from models.bases.spec import Components, VideoBase
 from models.fast_layers import LeanSdpaProcessor
@@ -58,6 +59,14 @@ class UNetBase(VideoBase):
                             for chunk in flat.split(FRAMES_PER_VAE_CHUNK)])
         images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.unflatten(0, (batch, frames)).permute(0, 1, 3, 4, 2).cpu()
+
+    # ------------------------------------------------------------------ random models for the benchmarks
+
+    def build_vae(self, config) -> torch.nn.Module:
+        return AutoencoderKL(**config)
+
+    def build_text_encoder(self, config) -> torch.nn.Module:
+        return CLIPTextModel(CLIPTextConfig(**config))
 
     # ------------------------------------------------------------------ attention
 

@@ -233,14 +233,6 @@ class ZeroScopeBase(UNetBase):
     def build_denoiser(self, config) -> torch.nn.Module:
         return prepare_unet(UNet3DConditionModel(**config))
 
-    def build_vae(self, config) -> torch.nn.Module:
-        return AutoencoderKL(**config)
-
-    def build_text_encoder(self, config) -> torch.nn.Module:
-        from transformers import CLIPTextConfig
-
-        return CLIPTextModel(CLIPTextConfig(**config))
-
     def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:
         """ZeroScope's architecture with random weights; the tiny byte-level tokenizer's ids fit
         the real embedding table."""
