@@ -4,7 +4,7 @@
         --video ../shared/compat/original_md/train_video/car-turn-64x64-8f.mp4 --threads 1 --rounds 30 --per-round 3
 
 One trainer loop (`profile_step.build_loop`: the trainer's own `TrainingLoop` on benchmark.py's
-models and clip) runs `_optimisation_step` in rounds; each round runs every setup, in turn, for
+models and clip) runs `optimisation_step` in rounds; each round runs every setup, in turn, for
 `--per-round` steps, swapping the layer classes in place (same weights, same adapters):
   * stock: peft's LoRA Linear, diffusers' Attention and AttnProcessor2_0;
   * lean attention: LeanAttention only;
@@ -70,14 +70,14 @@ def run_rounds(loop, args) -> dict[str, list[float]]:
     for setup in SETUPS:  # warm-up: one step of each
         use_setup(loop.c.denoiser, setup)
         step += 1
-        loop._optimisation_step(step)
+        loop.optimisation_step(step)
     for _ in range(args.rounds):
         for setup in SETUPS:
             use_setup(loop.c.denoiser, setup)
             for _ in range(args.per_round):
                 step += 1
                 start = time.perf_counter()
-                loop._optimisation_step(step)
+                loop.optimisation_step(step)
                 times[setup].append(time.perf_counter() - start)
     use_setup(loop.c.denoiser, "lean")
     return times

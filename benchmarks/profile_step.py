@@ -71,22 +71,22 @@ def build_loop(args, run_dir: Path):
 def profile_torch(loop, args) -> str:
     schedule = torch.profiler.schedule(skip_first=args.warmup, wait=0, warmup=1, active=args.steps, repeat=1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule) as prof:
-        after_step = loop._after_step
-        loop._after_step = lambda step, item: (after_step(step, item), prof.step())
+        after_step = loop.after_step
+        loop.after_step = lambda step, item: (after_step(step, item), prof.step())
         loop.train(0)
     return prof.key_averages().table(sort_by=args.sort, row_limit=args.top)
 
 
 def profile_python(loop, args) -> str:
     profiler = cProfile.Profile()
-    after_step = loop._after_step
+    after_step = loop.after_step
 
     def step_boundary(step, item):
         after_step(step, item)
         if step == args.warmup + 1:  # as torch.profiler: warm-up steps and one more are left out
             profiler.enable()
 
-    loop._after_step = step_boundary
+    loop.after_step = step_boundary
     loop.train(0)
     profiler.disable()
     out = io.StringIO()

@@ -352,12 +352,12 @@ class TrainingLoop:
         try:
             for step in range(start_step + 1, cfg.max_train_steps + 1):
                 started = time.perf_counter()
-                losses, last_item = self._optimisation_step(step)
+                losses, last_item = self.optimisation_step(step)
                 # One terminal write a step: the update draws the new postfix (a refresh each was two).
                 bar.set_postfix(loss_s=_fmt(losses.spatial), loss_t=_fmt(losses.temporal), refresh=False)
                 bar.update(1)
                 self._log(step, losses, time.perf_counter() - started)
-                self._after_step(step, last_item)
+                self.after_step(step, last_item)
                 if self._any_process(self.stop_signal is not None):  # Ctrl-C reaches one or all
                     self.stop_signal = self.stop_signal or "a stop signal in another process"
                     raise StopRequested
@@ -371,7 +371,7 @@ class TrainingLoop:
             save_final(self.run_dir, step, self.c.base, self.c.denoiser, self.adapters.spatial, self.adapters.temporal is not None)
             logger.info("saved final adapters of step %d in %s", step, self.run_dir)
 
-    def _optimisation_step(self, step: int):
+    def optimisation_step(self, step: int):
         total, trained_on = _Losses(), []
         for micro in range(self.cfg.gradient_accumulation_steps):
             item = self._item_for(step, micro)
@@ -474,7 +474,7 @@ class TrainingLoop:
         flags = torch.tensor([float(flag)], device=self.acc.device)
         return self.acc.reduce(flags, reduction="sum").item() > 0
 
-    def _after_step(self, step: int, item: dict) -> None:
+    def after_step(self, step: int, item: dict) -> None:
         if step % self.cfg.checkpointing_steps == 0:
             self._checkpoint(step)
         vd = self.cfg.validation_data
