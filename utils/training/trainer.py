@@ -372,6 +372,7 @@ class TrainingLoop:
             logger.info("saved final adapters of step %d in %s", step, self.run_dir)
 
     def optimisation_step(self, step: int):
+        """One update: the micro-steps' forward/backward passes, then every optimiser; (mean losses, last item)."""
         total, trained_on = _Losses(), []
         for micro in range(self.cfg.gradient_accumulation_steps):
             item = self._item_for(step, micro)
@@ -475,6 +476,7 @@ class TrainingLoop:
         return self.acc.reduce(flags, reduction="sum").item() > 0
 
     def after_step(self, step: int, item: dict) -> None:
+        """Checkpoint and validation previews when their step comes (the profiler hooks in here)."""
         if step % self.cfg.checkpointing_steps == 0:
             self._checkpoint(step)
         vd = self.cfg.validation_data
