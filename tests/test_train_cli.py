@@ -1,6 +1,5 @@
 """MotionDirector_train.py end to end on the tiny model: layout, reload, resume, interrupt, NaN, errors."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -90,7 +89,7 @@ def test_run_has_a_model_card(trained_run, tiny_model_dir):
     assert "library_name: diffusers" in front and "- motiondirector" in front and "- zeroscope" in front
     assert "base_model:" not in front  # a local folder is no hub model to link
     assert "* A square is moving to the right." in body and "4 training steps" in body
-    assert f"--model <the base model folder> --checkpoint_folder ." in body
+    assert "--model <the base model folder> --checkpoint_folder ." in body
 
 
 def test_final_adapters_equal_last_checkpoint_and_were_trained(trained_run):

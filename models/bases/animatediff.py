@@ -41,8 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.bases import tiny_parts
 from models.bases.spec import SPATIAL, TEMPORAL, Components, ExportFile
-from models.bases.unet_base import UNetBase
-from models.bases.zeroscope import linears_inside
+from models.bases.unet_base import UNetBase, linears_inside
 from models.fast_layers import cache_dtype, lean_attention
 from utils.errors import UserError
 
@@ -288,25 +287,10 @@ class AnimateDiffBase(UNetBase):
         return prepare_unet(UNetMotionModel.from_config(config))
 
     def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:
-        """SD 1.5 + motion adapter v1-5-2 with random weights; the tiny byte-level tokenizer's ids
-        fit the real embedding table."""
-        from transformers import CLIPTextConfig
-
-        with tempfile.TemporaryDirectory(prefix="md_tokenizer_") as tmp:
-            tiny_parts.write_clip_tokenizer(Path(tmp))
-            tokenizer = CLIPTokenizer.from_pretrained(tmp)
-        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-        sizes = self.architecture(arch)
-        with torch.device(device):  # initialise on the GPU directly
-            unet = self.build_denoiser(sizes["denoiser"])
-            vae = self.build_vae(sizes["vae"])
-            text_encoder = CLIPTextModel(CLIPTextConfig(**FULL_SIZE_TEXT, **ids))
+        """SD 1.5 + motion adapter v1-5-2 with random weights (UNetBase's, without diffusers'
+        warning about the adapter's empty float32 module list)."""
         with quiet_empty_fp32_warning():
-            for model in (unet, vae, text_encoder):
-                model.requires_grad_(False).to(dtype)
-        vae.eval()
-        text_encoder.eval()
-        return Components(self, tokenizer, text_encoder, vae, unet, self.default_scheduler())
+            return super().random_components(arch, device, dtype)
 
 
 # ---------------------------------------------------------------------- loading

@@ -5,12 +5,16 @@ original MotionDirector's DDIM inversion.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from models.bases import tiny_parts
 from models.bases.spec import Components, VideoBase
 from models.fast_layers import LeanSdpaProcessor
 
@@ -67,6 +71,24 @@ class UNetBase(VideoBase):
 
     def build_text_encoder(self, config) -> torch.nn.Module:
         return CLIPTextModel(CLIPTextConfig(**config))
+
+    def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:
+        """`arch` with random weights (nothing downloaded); the tiny byte-level CLIP tokenizer's ids
+        fit the real embedding table."""
+        with tempfile.TemporaryDirectory(prefix="md_tokenizer_") as tmp:
+            tiny_parts.write_clip_tokenizer(Path(tmp))
+            tokenizer = CLIPTokenizer.from_pretrained(tmp)
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        sizes = self.architecture(arch)
+        with torch.device(device):  # initialise on the GPU directly: minutes faster for 1.4B parameters
+            unet = self.build_denoiser(sizes["denoiser"])
+            vae = self.build_vae(sizes["vae"])
+            text_encoder = self.build_text_encoder({**sizes["text_encoder"], **ids})
+        for model in (unet, vae, text_encoder):
+            model.requires_grad_(False).to(dtype)
+        vae.eval()
+        text_encoder.eval()
+        return Components(self, tokenizer, text_encoder, vae, unet, self.default_scheduler())
 
     # ------------------------------------------------------------------ attention
 
@@ -175,3 +197,20 @@ def as_noise(output: torch.Tensor, t, sample: torch.Tensor, scheduler: DDIMSched
         raise ValueError(f"DDIM inversion supports epsilon and v_prediction models, not {kind!r}")
     alpha_prod = scheduler.alphas_cumprod[int(t)]
     return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
+
+
+def linears_inside(model: torch.nn.Module, parent_class: type, keys: tuple[str, ...]) -> list[str]:
+    """Full names of the base linears inside every `parent_class` module whose name (inside the
+    parent) contains one of `keys`, in registration order; after injection, the LoRA wrappers."""
+    from peft.tuners.lora import LoraLayer
+
+    names = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, parent_class):
+            continue
+        for child_name, child in parent.named_modules():
+            is_linear = isinstance(child, LoraLayer) or (
+                isinstance(child, torch.nn.Linear) and "lora_" not in child_name and "base_layer" not in child_name)
+            if is_linear and any(k in child_name for k in keys):
+                names.append(f"{parent_name}.{child_name}")
+    return names

@@ -24,7 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.bases import tiny_parts
 from models.bases.spec import SPATIAL, TEMPORAL, Components
-from models.bases.unet_base import UNetBase
+from models.bases.unet_base import UNetBase, linears_inside
 from models.fast_layers import cache_dtype, lean_attention
 from utils.errors import UserError
 
@@ -232,42 +232,3 @@ class ZeroScopeBase(UNetBase):
 
     def build_denoiser(self, config) -> torch.nn.Module:
         return prepare_unet(UNet3DConditionModel(**config))
-
-    def random_components(self, arch: str, device, dtype: torch.dtype) -> Components:
-        """ZeroScope's architecture with random weights; the tiny byte-level tokenizer's ids fit
-        the real embedding table."""
-        import tempfile
-
-        from transformers import CLIPTextConfig
-
-        with tempfile.TemporaryDirectory(prefix="md_tokenizer_") as tmp:
-            tiny_parts.write_clip_tokenizer(Path(tmp))
-            tokenizer = CLIPTokenizer.from_pretrained(tmp)
-        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-        sizes = self.architecture(arch)
-        with torch.device(device):  # initialise on the GPU directly: minutes faster for 1.4B parameters
-            unet = self.build_denoiser(sizes["denoiser"])
-            vae = self.build_vae(sizes["vae"])
-            text_encoder = CLIPTextModel(CLIPTextConfig(**FULL_SIZE_TEXT, **ids))
-        for model in (unet, vae, text_encoder):
-            model.requires_grad_(False).to(dtype)
-        vae.eval()
-        text_encoder.eval()
-        return Components(self, tokenizer, text_encoder, vae, unet, DDIMScheduler.from_config(SCHEDULER_CONFIG))
-
-
-def linears_inside(model: torch.nn.Module, parent_class: type, keys: tuple[str, ...]) -> list[str]:
-    """Full names of the base linears inside every `parent_class` module whose name (inside the
-    parent) contains one of `keys`, in registration order; after injection, the LoRA wrappers."""
-    from peft.tuners.lora import LoraLayer
-
-    names = []
-    for parent_name, parent in model.named_modules():
-        if not isinstance(parent, parent_class):
-            continue
-        for child_name, child in parent.named_modules():
-            is_linear = isinstance(child, LoraLayer) or (
-                isinstance(child, torch.nn.Linear) and "lora_" not in child_name and "base_layer" not in child_name)
-            if is_linear and any(k in child_name for k in keys):
-                names.append(f"{parent_name}.{child_name}")
-    return names

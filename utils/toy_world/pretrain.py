@@ -13,7 +13,6 @@ same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
