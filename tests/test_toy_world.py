@@ -37,12 +37,69 @@ def test_detector_is_exact_on_generated_clips(shape, color, motion):
             assert score.motion_ok and score.motion == motion
 
 
-def test_new_motions_are_far_from_each_other_and_from_base_motions():
-    tracks = {m: world.offsets(m) for m in world.MOTION_PHRASES}
+def test_new_motions_are_far_from_each_other_and_from_straight_motions():
+    tracks = {m: world.offsets(m) for m in world.BASE_MOTIONS + world.NEW_MOTIONS}
     for new in world.NEW_MOTIONS:
         for other, track in tracks.items():
             if other != new:
                 assert trajectory_distance(track, tracks[new]) > 4.0, (new, other)
+
+
+def test_targets_are_members_of_their_families_by_hand():
+    """The zig-zag is "moving right" with the height flipping every frame (7 px up first); circling
+    is a loop of radius 11 from the top, clockwise on screen (v1's definitions, kept)."""
+    frames = np.arange(world.FRAMES)
+    zigzag = world.offsets("zigzag")
+    assert np.allclose(zigzag[:, 0], world.TRAVEL * frames / (world.FRAMES - 1))
+    assert np.allclose(zigzag[:, 1], 7.0 * np.where(frames % 2 == 0, -1.0, 1.0))
+    angle = 2 * np.pi * frames / world.FRAMES
+    assert np.allclose(world.offsets("circling")[:, :2], np.stack([11 * np.sin(angle), -11 * np.cos(angle)], -1))
+    assert np.allclose(world.offsets("right", member=world.TARGET_MEMBERS["zigzag"]), zigzag)
+    # a drift's wiggle runs across it; a counter-clockwise loop mirrors a clockwise one
+    up = world.offsets("up", member=world.Member("sine", 4.0, 4, 0.25))
+    assert np.allclose(up[:, 0], 4.0 * np.cos(np.pi * frames / 2)) and np.allclose(up[:, 1], -world.TRAVEL * frames / 7)
+    ccw = world.offsets("loop", member=world.Member("loop", 11.0, clockwise=False))
+    assert np.allclose(ccw[:, 0], -world.offsets("circling")[:, 0]) and np.allclose(ccw[:, 1], world.offsets("circling")[:, 1])
+    assert world.caption("circle", "red", "zigzag") == "a red circle moving right"
+    assert world.caption("circle", "red", "circling") == world.caption("circle", "red", "loop") == "a red circle moving in a circle"
+
+
+def test_family_members_stay_inside_and_the_detector_reads_their_family():
+    """Random members of every family: drawn inside the frame, read to within a pixel, and their
+    motion class is their family (loops by their sweep, drifts by their line fit)."""
+    from utils.toy_world.score import fit_circle, wiggle
+
+    specs = world.family_specs(2, seed=11)
+    assert len(specs) == 2 * len(world.SHAPES) * len(world.COLORS) * len(world.FAMILIES)
+    assert specs == world.family_specs(2, seed=11) and specs != world.family_specs(2, seed=12)
+    kinds = {s.member.kind for s in specs if s.member}
+    assert kinds == {"straight", "sine", "zigzag", "arc", "loop"}
+    for spec in specs:
+        track = world.trajectory(spec)
+        assert (track[:, :2] - track[:, 2:] >= 0).all() and (track[:, :2] + track[:, 2:] <= world.SIZE - 1).all()
+        video = world.render(spec)
+        reading = read_clip(video)
+        assert np.abs(reading.track - track).max() <= 1.0
+        score = score_clip(video, spec.shape, spec.color, spec.motion)
+        assert score.motion == spec.motion, spec
+        if spec.member and spec.member.kind == "loop":
+            radius, sweep = fit_circle(track)
+            assert radius == pytest.approx(spec.member.amplitude) and (sweep > 0) == spec.member.clockwise
+        elif spec.member and spec.member.kind == "straight":
+            assert wiggle(track) < 1e-9
+
+
+def test_a_caption_leaves_the_target_member_unlikely():
+    """Drawn from its family, a caption's path rarely lands within CLOSE_ENOUGH of the target
+    member (what a base that samples its family faithfully would score): under 5%."""
+    from utils.toy_world.experiment import CLOSE_ENOUGH
+
+    rng = np.random.default_rng(0)
+    for target, family in world.TARGET_FAMILY.items():
+        reference = world.offsets(target)
+        distances = [trajectory_distance(world.offsets(family, member=world.random_member(rng, family)), reference)
+                     for _ in range(2000)]
+        assert 0.005 < np.mean(np.array(distances) < CLOSE_ENOUGH) < 0.05, target
 
 
 @pytest.mark.parametrize("motion", world.BASE_MOTIONS + world.NEW_MOTIONS)
@@ -87,7 +144,9 @@ def test_bundled_reference_clips_match_the_generator(tmp_path):
     assert sorted(p.relative_to(tmp_path) for p in fresh) == sorted(
         p.relative_to(bundled) for p in bundled.rglob("*.mp4"))
     for path in bundled.rglob("*/single/*.mp4"):
-        shape, color, motion = parse_caption(path.with_suffix(".txt").read_text(encoding="utf8"))
+        shape, color, family = parse_caption(path.with_suffix(".txt").read_text(encoding="utf8"))
+        motion = path.parent.parent.name  # the target; the caption names its family
+        assert family == world.TARGET_FAMILY.get(motion, motion)
         score = score_clip(read_frames(path, range(world.FRAMES)), shape, color, motion)
         assert score.color_ok and score.shape_ok and score.trajectory_distance < 3.0, (path, score)
 
@@ -212,9 +271,11 @@ def test_binding_word_sets_differ_in_that_word_only():
 def test_parse_caption_inverts_caption():
     from utils.toy_world.evaluate import parse_caption
 
-    for shape, color, motion in ALL:
+    for shape, color, motion in world.all_combinations(world.FAMILIES + world.HELD_OUT):
         assert parse_caption(world.caption(shape, color, motion)) == (shape, color, motion)
-    assert parse_caption("A Blue square moving in a circle.") == ("square", "blue", "circling")
+    # a target member's caption is its family's
+    assert parse_caption(world.caption("circle", "red", "zigzag")) == ("circle", "red", "right")
+    assert parse_caption("A Blue square moving in a circle.") == ("square", "blue", "loop")
     with pytest.raises(ValueError, match="not a toy-world caption"):
         parse_caption("a purple circle moving left")
 
@@ -347,39 +408,59 @@ def test_multi_video_subjects_and_leakage():
     assert sorted(references) == sorted(world.REFERENCE_SUBJECTS)
     subjects = new_subjects(references)
     assert len(subjects) == 12 - 3 and not set(subjects) & set(references)
-    # a green circle asked for, a yellow circle drawn: yellow is a reference colour (leak); a red
-    # circle drawn for "green square": red and circle both belong to references (leak)
-    drawn = score_clip(world.render(world.centered_spec("circle", "yellow", "zigzag")), "circle", "green", "zigzag")
-    assert leaked(drawn, ("circle", "green"), references)
-    right = score_clip(world.render(world.centered_spec("circle", "green", "zigzag")), "circle", "green", "zigzag")
-    assert not leaked(right, ("circle", "green"), references)
+    # only a reference subject's exact pair leaks: a yellow circle (a reference) drawn for "a green
+    # circle" does; a red circle (red and circle both belong to references, the pair to none) does not
+    def drawn(shape, color):
+        return score_clip(world.render(world.centered_spec(shape, color, "zigzag")), "circle", "green", "zigzag")
+
+    assert leaked(drawn("circle", "yellow"), ("circle", "green"), references)
+    assert not leaked(drawn("circle", "red"), ("circle", "green"), references)
+    assert not leaked(drawn("circle", "green"), ("circle", "green"), references)
 
 
-def test_summary_averages_motions_within_a_seed_then_over_seeds(tmp_path, capsys):
+def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
+    """Each (motion, mode, row) over its seeds; differences against coupled tuning seed by seed,
+    with t(0.975, n-1) sd / sqrt(n) intervals; `table` merges runs split by motion."""
     import json
 
     from utils.toy_world.__main__ import main
-    from utils.toy_world.experiment import summarize_rows
+    from utils.toy_world.table import paired_differences, summarize_rows, t_quantile
 
-    def row(name, motion, seed, distance):
-        scores = dict.fromkeys(("motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
-                                "train_s", "sample_s"), 0.0)
+    def row(name, motion, seed, distance, hit=0.0):
+        scores = dict.fromkeys(("motion_fidelity", "appearance_accuracy", "leakage", "train_s", "sample_s"), 0.0)
         return {"row": name, "motion": motion, "mode": "single", "seed": seed, "trajectory_distance": distance,
-                **scores}
+                "motion_hit_rate": hit, **scores}
 
-    rows = [row("base", "zigzag", None, 10.0), row("base", "circling", None, 14.0),
-            row("motiondirector", "zigzag", 0, 2.0), row("motiondirector", "circling", 0, 4.0),
-            row("motiondirector", "zigzag", 1, 4.0), row("motiondirector", "circling", 1, 6.0)]
-    base, md = summarize_rows(rows)
-    assert base["row"] == "base" and base["trajectory_distance"] == 12.0 and base["seeds"] == 0
-    assert md["trajectory_distance"] == 4.0 and md["trajectory_distance_std"] == 1.0 and md["seeds"] == 2
-    # `table` merges runs split by motion (two experiment processes) into the same summary
+    rows = [row("base", "zigzag", None, 10.0), row("base", "circling", None, 14.0)]
+    for seed, (md, coupled) in enumerate([(2.0, 3.0), (4.0, 6.0), (3.0, 6.0)]):
+        rows += [row("motiondirector", "zigzag", seed, md, 0.5), row("coupled", "zigzag", seed, coupled),
+                 row("motiondirector", "circling", seed, 5.0), row("coupled", "circling", seed, 5.0)]
+    summary = summarize_rows(rows)
+    assert [(s["motion"], s["row"]) for s in summary] == [
+        ("zigzag", "base"), ("zigzag", "motiondirector"), ("zigzag", "coupled"),
+        ("circling", "base"), ("circling", "motiondirector"), ("circling", "coupled")]
+    md = summary[1]
+    assert md["trajectory_distance"] == 3.0 and md["trajectory_distance_std"] == pytest.approx(np.sqrt(2 / 3))
+    assert summary[0]["seeds"] == 0 and md["seeds"] == 3
+    differences = {(d["motion"], d["row"]): d for d in paired_differences(rows)}
+    # md - coupled per seed: -1, -2, -3: mean -2, sd 1, interval 4.303 / sqrt(3)
+    zig = differences[("zigzag", "motiondirector")]
+    assert zig["trajectory_distance"] == pytest.approx(-2.0)
+    assert zig["trajectory_distance_ci"] == pytest.approx(4.303 / np.sqrt(3))
+    assert zig["motion_hit_rate"] == 0.5 and zig["motion_hit_rate_ci"] == 0.0 and zig["pairs"] == 3
+    base = differences[("zigzag", "base")]  # 10 against 3, 6, 6
+    assert base["trajectory_distance"] == pytest.approx(5.0) and base["pairs"] == 3
+    assert t_quantile(4) == 2.776 and t_quantile(11) == 2.228 and t_quantile(100) == 1.96
     for motion in ("zigzag", "circling"):
         picked = [r for r in rows if r["motion"] == motion]
         (tmp_path / f"{motion}.json").write_text(json.dumps({"rows": picked}), encoding="utf8")
     main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.json"), "--out", str(tmp_path / "all.json")])
-    assert json.loads((tmp_path / "all.json").read_text(encoding="utf8"))["summary"] == [base, md]
-    assert "| single | motiondirector | 4.00 ± 1.00 |" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "all.json").read_text(encoding="utf8"))
+    assert merged["summary"] == summary and len(merged["differences"]) == 4
+    printed = capsys.readouterr().out
+    assert "| zigzag | single | motiondirector | 3.00 ± 0.82 |" in printed
+    assert "| zigzag | single | motiondirector | -2.00 ± 2.48 |" in printed
+    assert (tmp_path / "all.md").read_text(encoding="utf8").strip() == printed.strip()
 
 
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
@@ -439,7 +520,7 @@ def test_compare_writes_scores_and_strip(tmp_path):
     reference = world.write_clip(world.centered_spec("square", "blue", "zigzag"), tmp_path / "ref")
     base = world.write_clip(world.centered_spec("circle", "green", "still"), tmp_path / "base")
     md = world.write_clip(world.centered_spec("circle", "red", "zigzag"), tmp_path / "md")
-    scores = compare_videos(reference, "a red circle zigzagging", base, md, tmp_path / "out")
+    scores = compare_videos(reference, "a red circle moving right", base, md, tmp_path / "out", motion="zigzag")
     assert json.loads((tmp_path / "out" / "scores.json").read_text()) == scores
     assert set(scores) == {"reference", "prompt", "base", "motiondirector"}
     assert scores["motiondirector"]["appearance_accuracy"] == 1.0 and scores["base"]["appearance_accuracy"] == 0.5
@@ -448,6 +529,36 @@ def test_compare_writes_scores_and_strip(tmp_path):
     import imageio.v3 as iio
 
     assert iio.imread(tmp_path / "out" / "strip.png").shape == (2 * (3 * world.SIZE + 6), 2 * world.FRAMES * (world.SIZE + 2), 3)
+
+
+def test_compare_summarizes_pairs_named_as_the_inference_scripts_name_them(tmp_path):
+    """Several pairs: prompts read from the file names, a `summary` of hit rate (share under
+    CLOSE_ENOUGH), mean trajectory distance, motion fidelity and appearance; the first pair's keys
+    stay as with one pair."""
+    from utils.toy_world.compare import compare_videos, prompt_of
+    from utils.io.video_io import write_video
+
+    assert prompt_of("out/a_red_circle_moving_right_12.mp4") == "a red circle moving right"
+    assert prompt_of("a_green_square_moving_right_0_b1.mp4") == "a green square moving right"
+    reference = world.write_clip(world.centered_spec("square", "blue", "zigzag"), tmp_path / "ref")
+    pairs = []
+    for index, (shape, color) in enumerate([("circle", "red"), ("triangle", "green")]):
+        stem = f"a_{color}_{shape}_moving_right_{index}.mp4"
+        base = write_video(tmp_path / "base" / stem, world.render(world.centered_spec(shape, color, "right")), world.FPS)
+        md = write_video(tmp_path / "md" / stem, world.render(world.centered_spec(shape, color, "zigzag")), world.FPS)
+        pairs.append((base, md))
+    scores = compare_videos(reference, None, [b for b, _ in pairs], [m for _, m in pairs], tmp_path / "out",
+                            motion="zigzag", strip_pairs=2)
+    assert scores["prompt"] == "a red circle moving right" and scores["base"]["video"] == str(pairs[0][0])
+    summary = scores["summary"]
+    assert summary["n_videos"] == 2 and summary["motion"] == "zigzag"
+    assert summary["motiondirector"]["hit_rate"] == 1.0 and summary["base"]["hit_rate"] == 0.0
+    # a straight drift is 7.0 px from the zig-zag (the zig's height, every frame)
+    assert summary["base"]["trajectory_distance_px"] == pytest.approx(7.0, abs=1.0)
+    assert summary["motiondirector"]["appearance_accuracy"] == 1.0
+    import imageio.v3 as iio
+
+    assert iio.imread(tmp_path / "out" / "strip.png").shape[0] == 2 * (5 * world.SIZE + 10)
 
 
 def test_pretraining_clips_start_near_the_centre():

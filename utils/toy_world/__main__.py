@@ -34,7 +34,8 @@ def _pretrain(args) -> None:
     settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                                 time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
                                 zero_terminal_snr=args.zero_terminal_snr, v_prediction=args.v_prediction,
-                                start_spread=spread, binding_steps=args.binding_steps)
+                                start_spread=spread, binding_steps=args.binding_steps,
+                                vocabulary_steps=args.vocabulary_steps, init_from=args.init_from)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -81,44 +82,49 @@ def _experiment(args) -> None:
 
     import imageio.v3 as iio
 
-    from utils.toy_world.experiment import Sampling, format_table, frame_strips, run_experiment, summarize_rows
+    from utils.toy_world.experiment import Sampling, frame_strips, run_experiment
+    from utils.toy_world.table import write_tables
 
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     sampling = Sampling(seeds=tuple(range(args.sample_seeds)), subjects=args.subjects)
     rows = run_experiment(args.model, out, args.motion, args.modes, args.train_seeds, args.steps, sampling,
                           args.variants, overrides=tuple(args.set))
-    summary = summarize_rows(rows)
     out.mkdir(parents=True, exist_ok=True)
-    plain = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
-    (out / "table.json").write_text(json.dumps({"summary": summary, "rows": plain}, indent=1) + "\n", encoding="utf8")
-    (out / "table.md").write_text(format_table(summary) + "\n", encoding="utf8")
+    print(write_tables([{k: v for k, v in r.items() if k != "samples"} for r in rows], out / "table.json"))
     for motion in args.motion:
         iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0]))
-    print(format_table(summary))
 
 
 def _table(args) -> None:
     import json
     from pathlib import Path
 
-    from utils.toy_world.experiment import format_table, summarize_rows
+    from utils.toy_world.table import format_differences, format_table, paired_differences, summarize_rows, write_tables
 
     rows = [row for path in args.tables for row in json.loads(Path(path).read_text(encoding="utf8"))["rows"]]
-    summary = summarize_rows(rows)
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n", encoding="utf8")
-    print(format_table(summary))
+        print(write_tables(rows, args.out))
+        return
+    print(format_table(summarize_rows(rows)) + "\n\n" + format_differences(paired_differences(rows)))
 
 
 def _compare(args) -> None:
     from utils.toy_world.compare import compare_videos
 
-    scores = compare_videos(args.reference, args.prompt, args.base, args.motiondirector, args.out_dir)
+    scores = compare_videos(args.reference, args.prompt, args.base, args.motiondirector, args.out_dir, args.motion,
+                            args.strip_pairs)
     for name in ("base", "motiondirector"):
         s = scores[name]
         print(f"{name:>14}: motion fidelity {s['motion_fidelity']:6.1f}  trajectory distance "
               f"{s['trajectory_distance_px']:5.1f} px  appearance {s['appearance_accuracy']:.1f}  ({s['video']})")
+    if "summary" in scores:
+        summary = scores["summary"]
+        print(f"over {summary['n_videos']} videos each ({summary['motion']}):")
+        for name in ("base", "motiondirector"):
+            s = summary[name]
+            print(f"{name:>14}: hit rate {s['hit_rate']:.2f}  trajectory distance {s['trajectory_distance_px']:5.1f} px  "
+                  f"motion fidelity {s['motion_fidelity']:6.1f}  appearance {s['appearance_accuracy']:.2f}")
     print(f"wrote {args.out_dir}/scores.json and {args.out_dir}/strip.png")
 
 
@@ -151,7 +157,7 @@ def _binding(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.toy_world.experiment import MODES, VARIANTS
+    from utils.toy_world.experiment import DEFAULT_MOTIONS, MODES, VARIANTS
     from utils.toy_world.world import NEW_MOTIONS
 
     parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
@@ -174,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--binding-steps", type=int, default=2000,
                      help="UNet steps on one subject's four directions at t >= 500 before the main steps, "
                           "to bind the direction words (default 2000; 0 skips)")
+    pre.add_argument("--vocabulary-steps", type=int, default=2000,
+                     help="UNet steps on every caption's family of paths after the main steps (v2; default 2000; "
+                          "0: the v1 base, straight lines only)")
+    pre.add_argument("--init-from", default=None, metavar="BASE",
+                     help="take the VAE, text encoder and the UNet after the main stage from this pipeline "
+                          "folder (e.g. models/toy_world_base, the v1 base) and run only the vocabulary stage")
     pre.add_argument("--time-budget", type=float, default=None,
                      help="stop after this many minutes (resumable: run again to continue)")
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -225,24 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
     bind.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     bind.set_defaults(run=_binding)
 
-    cmp = commands.add_parser("compare", help="score a base and a MotionDirector video against the reference clip")
+    cmp = commands.add_parser("compare", help="score base and MotionDirector videos against the reference clip")
     cmp.add_argument("reference", help="the reference clip (mp4)")
-    cmp.add_argument("--prompt", required=True, help="the world caption both videos were generated from")
-    cmp.add_argument("--base", required=True, help="video of the base model (no LoRA, or LoRA scale 0)")
-    cmp.add_argument("--motiondirector", required=True, help="video with the trained temporal LoRA")
+    cmp.add_argument("--prompt", default=None,
+                     help="the world caption the videos were generated from (default: read from each file name)")
+    cmp.add_argument("--motion", default=None, choices=NEW_MOTIONS,
+                     help="the target motion to measure the trajectory against (default: the prompt's)")
+    cmp.add_argument("--base", required=True, nargs="+", help="videos of the base model (no LoRA, or LoRA scale 0)")
+    cmp.add_argument("--motiondirector", required=True, nargs="+",
+                     help="videos with the trained temporal LoRA, same prompts and seeds as --base, in order")
+    cmp.add_argument("--strip-pairs", type=int, default=1, help="base/MotionDirector pairs drawn in strip.png (default 1)")
     cmp.add_argument("--out-dir", required=True, help="folder for scores.json and strip.png")
     cmp.set_defaults(run=_compare)
 
     exp = commands.add_parser("experiment", help="base, MotionDirector and its ablations on new motions (a table)")
     exp.add_argument("model", help="the base pipeline folder")
     exp.add_argument("out_dir", help="folder for the training runs, table.json, table.md and strips_<motion>.png")
-    exp.add_argument("--motion", nargs="+", default=list(NEW_MOTIONS), choices=NEW_MOTIONS,
-                     help="new motions (default: all)")
+    exp.add_argument("--motion", nargs="+", default=list(DEFAULT_MOTIONS), choices=NEW_MOTIONS,
+                     help="target motions (default: zigzag circling growing)")
     exp.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                      help="single (one reference clip) and/or multi (three); default both")
     exp.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                      help="training variants (default: all)")
-    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                     help="training seeds (default 0 1 2 3 4)")
     exp.add_argument("--sample-seeds", type=int, default=2, help="samples per new subject (default 2)")
     exp.add_argument("--subjects", type=int, default=6, help="new subjects per motion (default 6)")
     exp.add_argument("--steps", type=int, default=600, help="MotionDirector training steps (default 600)")
@@ -253,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")
     table.add_argument("tables", nargs="+", help="table.json files written by experiment")
-    table.add_argument("--out", help="write the merged rows and summary to this JSON file")
+    table.add_argument("--out", help="write the merged rows, summary and differences to this JSON file "
+                                     "(and the tables to the same name with .md)")
     table.set_defaults(run=_table)
     return parser
 

@@ -1,0 +1,172 @@
+"""What decides whether a learned motion reaches new subjects: one recipe of the motion LoRA, trained
+in-process with the project's `train_step`, then scored on new subjects and on the reference subjects.
+
+    result = run_recipe(base, "zigzag", Recipe(rank=4, timesteps=(500, 1000)))
+
+A `Recipe` varies what the probe asks about, one factor at a time: the training timesteps, the
+caption (its family phrase, as the experiment; or a word no pretraining caption holds), the rank,
+which temporal transformers get the LoRA, the spatial path and the appearance-debiased term. The
+training is `MotionDirector_train.py`'s step (`utils.training.step.train_step`: the same losses,
+adapters and update rule) in a plain loop with the toy config's optimiser settings, so that a probe
+needs no config key the trainer lacks. Sampling and scores are the experiment's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.toy_world import world
+
+logger = logging.getLogger(__name__)
+
+TEMPORAL_LAYER_GROUPS = ("transformer_in", "down_blocks", "mid_block", "up_blocks")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the motion LoRA is trained (the toy config's values by default)."""
+
+    steps: int = 600
+    rank: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.1
+    spatial: bool = True  # MotionDirector's spatial path; False: coupled tuning
+    debias: bool = True  # the appearance-debiased term of the temporal loss
+    timesteps: tuple[int, int] = (0, 1000)  # training timesteps are drawn from [low, high)
+    temporal_layers: tuple[str, ...] = TEMPORAL_LAYER_GROUPS  # which temporal transformers get the LoRA
+    caption: str = "family"  # "family": the clip's own caption; "new_word": "a <subject> zigzagging"
+    mode: str = "single"
+    seed: int = 0
+
+    def prompt(self, shape: str, color: str, motion: str) -> str:
+        if self.caption == "family":
+            return world.caption(shape, color, motion)
+        if self.caption == "new_word":
+            return f"a {color} {shape} {world.NEW_WORD_PHRASE}"
+        raise ValueError(f"unknown caption kind {self.caption!r}; use family or new_word")
+
+
+class TimestepRange:
+    """A base whose training timesteps are drawn from [low, high) only; everything else is the base's."""
+
+    def __init__(self, base, low: int, high: int):
+        self.wrapped, self.low, self.high = base, low, high
+
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
+
+    def draw_timesteps(self, scheduler, batch: int, device) -> torch.Tensor:
+        return torch.randint(self.low, self.high, (batch,), device=device)
+
+
+def temporal_targets(components, groups: tuple[str, ...]) -> list[str]:
+    """The temporal path's linears inside the named top-level parts of the UNet."""
+    from models.lora import TEMPORAL
+
+    return [name for name in components.lora_targets(TEMPORAL) if name.split(".")[0] in groups]
+
+
+def reference_latents(components, motion: str, mode: str) -> tuple[list[torch.Tensor], list[tuple[str, str]]]:
+    """The reference clips' latents (1, C, F, h, w) each and their (shape, colour)."""
+    from utils.evaluation.inputs import read_video
+    from utils.toy_world.experiment import reference_clips, reference_subjects
+
+    latents = []
+    for clip in reference_clips(motion, mode):
+        pixels = torch.from_numpy(read_video(clip)).permute(0, 3, 1, 2).float()[None] / 127.5 - 1
+        with torch.no_grad():
+            latents.append(components.encode_video(pixels))
+    return latents, reference_subjects(motion, mode)
+
+
+def train_recipe(base: Path, motion: str, recipe: Recipe):
+    """The base's components with the recipe's adapters trained on the motion's reference clips;
+    (components, spatial adapter names)."""
+    from models.bases import load_components
+    from models.lora import SPATIAL, TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names
+    from utils.training.step import Adapters, StepSettings, train_step
+
+    torch.manual_seed(recipe.seed)
+    components = load_components(str(base))
+    latents, subjects = reference_latents(components, motion, recipe.mode)
+    texts = [components.encode_prompts([recipe.prompt(s, c, motion)]) for s, c in subjects]
+    denoiser = components.denoiser
+    spatial = spatial_adapter_names(len(latents)) if recipe.spatial else []
+    add_adapter(denoiser, TEMPORAL, temporal_targets(components, recipe.temporal_layers), recipe.rank, recipe.dropout)
+    for name in spatial:
+        add_adapter(denoiser, name, components.lora_targets(SPATIAL), recipe.rank, recipe.dropout)
+    params = {name: adapter_parameters(denoiser, name) for name in [TEMPORAL, *spatial]}
+    adapters = Adapters(spatial, params, lora_layers(denoiser), TEMPORAL)
+    optimizers = {name: torch.optim.AdamW(p, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+                  for name, p in params.items()}
+    trainer = replace(components, base=TimestepRange(components.base, *recipe.timesteps))
+    settings = StepSettings(train_spatial=recipe.spatial, appearance_debias=recipe.debias)
+    denoiser.train()
+    for step in range(recipe.steps):
+        clip = step % len(latents)
+        train_step(trainer, latents[clip], texts[clip], adapters, spatial[clip] if spatial else None, settings,
+                   backward=lambda loss: loss.backward(), autocast=contextlib.nullcontext)
+        for name, optimizer in optimizers.items():
+            if any(p.grad is not None for p in params[name]):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    denoiser.eval()
+    return components, spatial
+
+
+def sample_and_score(components, motion: str, subjects, recipe: Recipe, sampling) -> dict:
+    """Trajectory distance, hit rate and appearance of `subjects` doing `motion` (the prompt as the
+    recipe trained it), sampled with the adapters that are active now."""
+    from utils.toy_world.experiment import CLOSE_ENOUGH, sample_subjects
+    from utils.toy_world.score import score_clip
+
+    phrase = None if recipe.caption == "family" else world.NEW_WORD_PHRASE
+    clips, _ = sample_subjects((components, None), motion, subjects, sampling, phrase=phrase)
+    scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
+    distances = np.array([s.trajectory_distance for s in scores])
+    return {"distance": float(distances.mean()), "hit_rate": float((distances < CLOSE_ENOUGH).mean()),
+            "appearance": float(np.mean([s.color_ok and s.shape_ok for s in scores])), "clips": len(scores)}
+
+
+def run_recipe(base: str | Path, motion: str, recipe: Recipe, sampling=None, subjects: int = 4) -> dict:
+    """Train the recipe, then score new subjects and the reference subjects with the temporal LoRA
+    alone (as MotionDirector samples), and the reference subjects with both paths."""
+    from models.lora import TEMPORAL, activate
+    from utils.toy_world.experiment import Sampling, new_subjects, reference_subjects
+
+    sampling = sampling or Sampling(seeds=(0, 1), num_steps=20, subjects=subjects)
+    started = time.time()
+    components, spatial = train_recipe(Path(base), motion, recipe)
+    train_s = time.time() - started
+    references = reference_subjects(motion, recipe.mode)
+    activate(components.denoiser, [TEMPORAL])
+    result = {"motion": motion, **asdict(recipe), "train_s": round(train_s, 1),
+              "new": sample_and_score(components, motion, new_subjects(references, sampling.subjects), recipe, sampling),
+              "reference": sample_and_score(components, motion, references, recipe, sampling)}
+    if spatial:  # what the two paths together do for the subject they were trained on
+        activate(components.denoiser, [TEMPORAL, spatial[0]])
+        result["reference_both_paths"] = sample_and_score(components, motion, references[:1], recipe, sampling)
+    logger.info("%s %s: new %s, reference %s (%.0f s)", motion, recipe, result["new"], result["reference"], train_s)
+    return result
+
+
+def base_scores(base: str | Path, motion: str, recipe: Recipe = Recipe(), sampling=None, subjects: int = 4) -> dict:
+    """The same scores for the base alone (no LoRA)."""
+    from models.bases import load_components
+    from utils.toy_world.experiment import Sampling, new_subjects, reference_subjects
+
+    sampling = sampling or Sampling(seeds=(0, 1), num_steps=20, subjects=subjects)
+    components = load_components(str(base))
+    components.denoiser.eval()
+    references = reference_subjects(motion, recipe.mode)
+    return {"motion": motion, "row": "base", "caption": recipe.caption,
+            "new": sample_and_score(components, motion, new_subjects(references, sampling.subjects), recipe, sampling),
+            "reference": sample_and_score(components, motion, references, recipe, sampling)}
