@@ -624,3 +624,41 @@ def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
     assert [h["step"] for h in history] == [2] and set(history[0]["swap_ratio"]) == {950, 800, 600}
 
 
+
+
+def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_dir, monkeypatch):
+    """One probe recipe end to end on the tiny pipeline: the temporal LoRA sits only on the named
+    parts of the UNet, training draws its timesteps from the recipe's range, and the scores cover
+    the new subjects, the reference subject and both paths on it."""
+    from dataclasses import replace
+
+    from models.bases import load_components
+    from models.lora import TEMPORAL
+    from utils.toy_world import transfer
+    from utils.toy_world.experiment import Sampling
+
+    components = load_components(str(tiny_model_dir))
+    every = components.lora_targets(TEMPORAL)
+    up = transfer.temporal_targets(components, ("up_blocks",))
+    assert up and set(up) < set(every) and all(name.startswith("up_blocks.") for name in up)
+    assert transfer.temporal_targets(components, transfer.TEMPORAL_LAYER_GROUPS) == every
+    drawn, injected = [], []
+    original_draw, original_targets = transfer.TimestepRange.draw_timesteps, transfer.temporal_targets
+
+    def recording_draw(self, scheduler, batch, device):
+        drawn.append(original_draw(self, scheduler, batch, device))
+        return drawn[-1]
+
+    def recording_targets(components, groups):
+        injected.extend(original_targets(components, groups))
+        return injected
+
+    monkeypatch.setattr(transfer.TimestepRange, "draw_timesteps", recording_draw)
+    monkeypatch.setattr(transfer, "temporal_targets", recording_targets)
+    recipe = transfer.Recipe(steps=3, temporal_layers=("up_blocks",), timesteps=(900, 1000), rank=2, caption="new_word")
+    result = transfer.run_recipe(tiny_model_dir, "zigzag", recipe, Sampling(seeds=(0,), num_steps=2, subjects=2))
+    assert injected == up and len(drawn) == 3 and all(900 <= int(t) < 1000 for t in torch.cat(drawn))
+    assert result["new"]["clips"] == 2 and result["reference"]["clips"] == 1
+    assert result["reference_both_paths"]["clips"] == 1 and 0.0 <= result["new"]["hit_rate"] <= 1.0
+    assert replace(recipe, caption="family").prompt("circle", "red", "zigzag") == "a red circle moving right"
+    assert recipe.prompt("circle", "red", "zigzag") == "a red circle zigzagging"

@@ -45,15 +45,16 @@ def _sample(args) -> None:
     from pathlib import Path
 
     from utils.toy_world import world
-    from utils.toy_world.evaluate import evaluate, parse_caption
+    from utils.toy_world.evaluate import evaluate, parse_caption, rendered_spread
 
     torch.set_num_threads(args.threads)
     if args.prompt:
         combos = [parse_caption(p) for p in args.prompt]
     else:
-        combos = world.all_combinations(world.BASE_MOTIONS)
+        combos = world.all_combinations(world.BASE_MOTIONS if args.straight else world.FAMILIES)
     report = evaluate(args.model, combos, args.samples, args.steps, args.guidance_scale,
                       video_dir=args.out_dir)
+    report["summary"]["rendered_spread"] = rendered_spread()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.out_dir) / "scores.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf8")
     print(json.dumps(report["summary"], indent=1))
@@ -146,6 +147,45 @@ def _probe(args) -> None:
     print(json.dumps({"caption_reliance": caption_reliance(args.model), "order_use": order_use(args.model)}, indent=1))
 
 
+def _recipe_value(key: str, text: str):
+    """A Recipe field's value from the command line: "500:1000" for timesteps, "up_blocks+mid_block"
+    for temporal_layers, true/false for the flags."""
+    from utils.errors import UserError
+    from utils.toy_world.transfer import TEMPORAL_LAYER_GROUPS, Recipe
+
+    if not hasattr(Recipe(), key):
+        raise UserError(f"unknown recipe key {key!r}; use one of {sorted(Recipe.__dataclass_fields__)}")
+    kind = type(getattr(Recipe(), key))
+    if key == "timesteps":
+        low, high = text.split(":")
+        return int(low), int(high)
+    if key == "temporal_layers":
+        groups = tuple(text.split("+"))
+        unknown = set(groups) - set(TEMPORAL_LAYER_GROUPS)
+        if unknown:
+            raise UserError(f"unknown temporal layer groups {sorted(unknown)}; use {'+'.join(TEMPORAL_LAYER_GROUPS)}")
+        return groups
+    if kind is bool:
+        return text.lower() in ("1", "true", "yes")
+    return kind(text)
+
+
+def _transfer(args) -> None:
+    from utils.toy_world.experiment import Sampling
+    from utils.toy_world.transfer import Recipe, one_factor_recipes, run_sweep
+
+    torch.set_num_threads(args.threads)
+    baseline = Recipe(**{key: _recipe_value(key, value) for key, value in (item.split("=", 1) for item in args.set)})
+    variations = {}
+    for item in args.vary:
+        key, values = item.split("=", 1)
+        variations[key] = [_recipe_value(key, v) for v in values.split(",")]
+    sampling = Sampling(seeds=tuple(range(args.sample_seeds)), num_steps=args.num_steps, subjects=args.subjects)
+    results = run_sweep(args.model, args.out, args.motion, one_factor_recipes(baseline, variations), args.train_seeds,
+                        sampling)
+    print(f"{len(results)} results in {args.out}")
+
+
 def _binding(args) -> None:
     import json
 
@@ -202,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="sample world prompts with the project's sampler and score them")
     sample.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
     sample.add_argument("out_dir", help="folder for the clips and scores.json")
-    sample.add_argument("--prompt", action="append", help="a world caption (repeatable; default: all base prompts)")
+    sample.add_argument("--prompt", action="append",
+                        help="a world caption (repeatable; default: every shape x colour x family, 72 prompts)")
+    sample.add_argument("--straight", action="store_true",
+                        help="by default, the v1 gate's 60 prompts instead (left, right, up, down, still)")
     sample.add_argument("--samples", type=int, default=2, help="clips per prompt (default 2)")
     sample.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     sample.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
@@ -236,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     bind.add_argument("--seed", type=int, default=0, help="seed of the fresh UNet (default 0)")
     bind.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     bind.set_defaults(run=_binding)
+
+    tr = commands.add_parser("transfer", help="what decides whether a learned motion reaches new subjects: "
+                                              "one factor of the LoRA recipe at a time (JSON lines)")
+    tr.add_argument("model", help="the base pipeline folder")
+    tr.add_argument("out", help="JSON-lines file the results are appended to (finished ones are skipped)")
+    tr.add_argument("--motion", nargs="+", default=["zigzag", "circling"], choices=NEW_MOTIONS,
+                    help="target motions (default: zigzag circling)")
+    tr.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="the baseline recipe (utils.toy_world.transfer.Recipe fields), e.g. rank=4 timesteps=500:1000 "
+                         "temporal_layers=mid_block+up_blocks caption=new_word spatial=false mode=multi")
+    tr.add_argument("--vary", nargs="+", default=[], metavar="KEY=V1,V2",
+                    help="factors varied one at a time around the baseline, e.g. rank=2,32 timesteps=500:1000,0:500")
+    tr.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    tr.add_argument("--subjects", type=int, default=4, help="new subjects (default 4)")
+    tr.add_argument("--sample-seeds", type=int, default=2, help="samples per subject (default 2)")
+    tr.add_argument("--num-steps", type=int, default=20, help="DDIM steps (default 20)")
+    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    tr.set_defaults(run=_transfer)
 
     cmp = commands.add_parser("compare", help="score base and MotionDirector videos against the reference clip")
     cmp.add_argument("reference", help="the reference clip (mp4)")
@@ -284,4 +345,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -170,3 +170,37 @@ def base_scores(base: str | Path, motion: str, recipe: Recipe = Recipe(), sampli
     return {"motion": motion, "row": "base", "caption": recipe.caption,
             "new": sample_and_score(components, motion, new_subjects(references, sampling.subjects), recipe, sampling),
             "reference": sample_and_score(components, motion, references, recipe, sampling)}
+
+
+def one_factor_recipes(baseline: Recipe, variations: dict[str, list]) -> list[Recipe]:
+    """The baseline, then each factor's values one at a time (the others at the baseline's)."""
+    recipes = [baseline]
+    for key, values in variations.items():
+        recipes += [replace(baseline, **{key: value}) for value in values if value != getattr(baseline, key)]
+    return recipes
+
+
+def run_sweep(base: str | Path, out: str | Path, motions, recipes: list[Recipe], seeds, sampling=None) -> list[dict]:
+    """Every recipe x motion x training seed (and the base per motion), appended to `out` (JSON
+    lines); a result already there is not run again."""
+    import json
+
+    out = Path(out)
+    done = [json.loads(line) for line in out.read_text(encoding="utf8").splitlines()] if out.is_file() else []
+
+    def record(result):
+        done.append(result)
+        with out.open("a", encoding="utf8") as file:
+            file.write(json.dumps(result) + "\n")
+
+    for motion in motions:
+        for caption in dict.fromkeys(r.caption for r in recipes):
+            if not any(d.get("row") == "base" and d["motion"] == motion and d["caption"] == caption for d in done):
+                record(base_scores(base, motion, Recipe(caption=caption), sampling))
+        for recipe in recipes:
+            for seed in seeds:
+                wanted = {**json.loads(json.dumps(asdict(replace(recipe, seed=seed)))), "motion": motion}
+                if any(all(d.get(k) == v for k, v in wanted.items()) for d in done):
+                    continue
+                record(run_recipe(base, motion, replace(recipe, seed=seed), sampling))
+    return done
