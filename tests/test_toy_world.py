@@ -247,6 +247,19 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     for part in ("model", "ema"):
         assert all(torch.equal(straight[part][k], stopped[part][k]) for k in straight[part])
     assert not torch.equal(straight["model"]["conv_in.weight"], stopped["ema"]["conv_in.weight"])
+    # the vocabulary stage (v2): run on in place, or from the finished base with --init-from (which
+    # takes its VAE, text parts and EMA UNet): the same weights either way
+    vocabulary = replace(settings, vocabulary_steps=2, clips_per_family_caption=1)
+    initialised = tmp_path / "v2"
+    assert pretrain(initialised, replace(vocabulary, init_from=str(resumed)))  # (base/unet holds the probes' UNets)
+    assert pretrain(resumed, vocabulary)
+    on, init = (torch.load(d / "checkpoints" / "unet.pt", weights_only=False) for d in (resumed, initialised))
+    assert on["step"] == init["step"] == vocabulary.total_unet_steps
+    for part in ("model", "ema"):
+        assert all(torch.equal(on[part][k], init[part][k]) for k in on[part])
+    assert not torch.equal(on["model"]["conv_in.weight"], straight["model"]["conv_in.weight"])
+    family = torch.load(initialised / "checkpoints" / "family_latents.pt")
+    assert len(family["latents"]) == 72 and len(family["captions"]) == 72
 
 
 def test_contrast_centroids_follow_the_subject_on_a_ramped_background():
@@ -660,5 +673,6 @@ def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_di
     assert injected == up and len(drawn) == 3 and all(900 <= int(t) < 1000 for t in torch.cat(drawn))
     assert result["new"]["clips"] == 2 and result["reference"]["clips"] == 1
     assert result["reference_both_paths"]["clips"] == 1 and 0.0 <= result["new"]["hit_rate"] <= 1.0
+    assert set(result["layout"]) == {"new", "reference"} and all(d >= 0 for d in result["layout"].values())
     assert replace(recipe, caption="family").prompt("circle", "red", "zigzag") == "a red circle moving right"
     assert recipe.prompt("circle", "red", "zigzag") == "a red circle zigzagging"

@@ -178,7 +178,13 @@ def conditional_layout(model_dir: str | Path, prompts: list[str], timestep: int 
     """
     from models.bases import load_components
 
-    components = load_components(str(model_dir))
+    return layouts_of(load_components(str(model_dir)), prompts, timestep, seeds, guidance_scale)
+
+
+@torch.no_grad()
+def layouts_of(components, prompts: list[str], timestep: int = 999, seeds: int = 8,
+               guidance_scale: float = 1.0) -> dict:
+    """`conditional_layout` with loaded components (and whatever adapters are active on them)."""
     scheduler = components.scheduler
     alpha = scheduler.alphas_cumprod[timestep]
     noise = torch.randn(seeds, 4, world.FRAMES, world.SIZE // 8, world.SIZE // 8,

@@ -136,6 +136,22 @@ def sample_and_score(components, motion: str, subjects, recipe: Recipe, sampling
             "appearance": float(np.mean([s.color_ok and s.shape_ok for s in scores])), "clips": len(scores)}
 
 
+def layout_distance(components, motion: str, subjects, recipe: Recipe, guidance_scale: float = 4.0) -> float:
+    """Mean over `subjects` of the trajectory distance between the target motion and the prompt's
+    guided conditional layout at t = 999 (`evaluate.layouts_of`: where the first sampling step
+    puts the subject, frame by frame, before any noise has chosen a member of the family)."""
+    from utils.toy_world.evaluate import layouts_of
+    from utils.toy_world.score import trajectory_distance
+
+    prompts = [recipe.prompt(shape, color, motion) for shape, color in subjects]
+    reference = world.offsets(motion)
+    distances = []
+    for centroids in layouts_of(components, prompts, guidance_scale=guidance_scale).values():
+        track = np.concatenate([centroids, reference[:, 2:]], axis=1)  # the size is not read: the target's
+        distances.append(trajectory_distance(track, reference))
+    return float(np.mean(distances))
+
+
 def run_recipe(base: str | Path, motion: str, recipe: Recipe, sampling=None, subjects: int = 4) -> dict:
     """Train the recipe, then score new subjects and the reference subjects with the temporal LoRA
     alone (as MotionDirector samples), and the reference subjects with both paths."""
@@ -147,10 +163,13 @@ def run_recipe(base: str | Path, motion: str, recipe: Recipe, sampling=None, sub
     components, spatial = train_recipe(Path(base), motion, recipe)
     train_s = time.time() - started
     references = reference_subjects(motion, recipe.mode)
+    subjects = new_subjects(references, sampling.subjects)
     activate(components.denoiser, [TEMPORAL])
     result = {"motion": motion, **asdict(recipe), "train_s": round(train_s, 1),
-              "new": sample_and_score(components, motion, new_subjects(references, sampling.subjects), recipe, sampling),
-              "reference": sample_and_score(components, motion, references, recipe, sampling)}
+              "new": sample_and_score(components, motion, subjects, recipe, sampling),
+              "reference": sample_and_score(components, motion, references, recipe, sampling),
+              "layout": {"new": layout_distance(components, motion, subjects, recipe),
+                         "reference": layout_distance(components, motion, references, recipe)}}
     if spatial:  # what the two paths together do for the subject they were trained on
         activate(components.denoiser, [TEMPORAL, spatial[0]])
         result["reference_both_paths"] = sample_and_score(components, motion, references[:1], recipe, sampling)
@@ -167,9 +186,12 @@ def base_scores(base: str | Path, motion: str, recipe: Recipe = Recipe(), sampli
     components = load_components(str(base))
     components.denoiser.eval()
     references = reference_subjects(motion, recipe.mode)
+    subjects = new_subjects(references, sampling.subjects)
     return {"motion": motion, "row": "base", "caption": recipe.caption,
-            "new": sample_and_score(components, motion, new_subjects(references, sampling.subjects), recipe, sampling),
-            "reference": sample_and_score(components, motion, references, recipe, sampling)}
+            "new": sample_and_score(components, motion, subjects, recipe, sampling),
+            "reference": sample_and_score(components, motion, references, recipe, sampling),
+            "layout": {"new": layout_distance(components, motion, subjects, recipe),
+                       "reference": layout_distance(components, motion, references, recipe)}}
 
 
 def one_factor_recipes(baseline: Recipe, variations: dict[str, list]) -> list[Recipe]:
