@@ -42,6 +42,9 @@ class Recipe:
     debias: bool = True  # the appearance-debiased term of the temporal loss
     timesteps: tuple[int, int] = (0, 1000)  # training timesteps are drawn from [low, high)
     temporal_layers: tuple[str, ...] = TEMPORAL_LAYER_GROUPS  # which temporal transformers get the LoRA
+    # The temporal convs (kernel 3 over frames, zero-padded: the only layers that see frame order) in
+    # the same parts get the temporal LoRA too. MotionDirector leaves them alone.
+    temporal_convs: bool = False
     caption: str = "family"  # "family": the clip's own caption; "new_word": "a <subject> zigzagging"
     mode: str = "single"
     seed: int = 0
@@ -74,6 +77,20 @@ def temporal_targets(components, groups: tuple[str, ...]) -> list[str]:
     return [name for name in components.lora_targets(TEMPORAL) if name.split(".")[0] in groups]
 
 
+def temporal_conv_targets(components, groups: tuple[str, ...]) -> list[str]:
+    """The Conv3d layers of the temporal convs inside the named top-level parts of the UNet."""
+    return [name for name, module in components.denoiser.named_modules()
+            if ".temp_convs." in name and isinstance(module, torch.nn.Conv3d) and name.split(".")[0] in groups]
+
+
+def capped_ranks(components, targets: list[str], rank: int) -> dict[str, int]:
+    """Each target's rank, at most its smaller side (linears and convs alike)."""
+    modules = dict(components.denoiser.named_modules())
+    sides = {name: (getattr(modules[name], "in_features", None) or modules[name].in_channels,
+                    getattr(modules[name], "out_features", None) or modules[name].out_channels) for name in targets}
+    return {name: min(rank, *sides[name]) for name in targets}
+
+
 def reference_latents(components, motion: str, mode: str) -> tuple[list[torch.Tensor], list[tuple[str, str]]]:
     """The reference clips' latents (1, C, F, h, w) each and their (shape, colour)."""
     from utils.evaluation.inputs import read_video
@@ -89,7 +106,7 @@ def reference_latents(components, motion: str, mode: str) -> tuple[list[torch.Te
 
 def train_recipe(base: Path, motion: str, recipe: Recipe):
     """The base's components with the recipe's adapters trained on the motion's reference clips;
-    (components, spatial adapter names)."""
+    (components, spatial adapter names, the temporal loss over the last 100 steps)."""
     from models.bases import load_components
     from models.lora import SPATIAL, TEMPORAL, adapter_parameters, add_adapter, lora_layers, spatial_adapter_names
     from utils.training.step import Adapters, StepSettings, train_step
@@ -100,7 +117,10 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
     texts = [components.encode_prompts([recipe.prompt(s, c, motion)]) for s, c in subjects]
     denoiser = components.denoiser
     spatial = spatial_adapter_names(len(latents)) if recipe.spatial else []
-    add_adapter(denoiser, TEMPORAL, temporal_targets(components, recipe.temporal_layers), recipe.rank, recipe.dropout)
+    targets = temporal_targets(components, recipe.temporal_layers)
+    if recipe.temporal_convs:
+        targets += temporal_conv_targets(components, recipe.temporal_layers)
+    add_adapter(denoiser, TEMPORAL, targets, capped_ranks(components, targets, recipe.rank), recipe.dropout)
     for name in spatial:
         add_adapter(denoiser, name, components.lora_targets(SPATIAL), recipe.rank, recipe.dropout)
     params = {name: adapter_parameters(denoiser, name) for name in [TEMPORAL, *spatial]}
@@ -110,16 +130,17 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
     trainer = replace(components, base=TimestepRange(components.base, *recipe.timesteps))
     settings = StepSettings(train_spatial=recipe.spatial, appearance_debias=recipe.debias)
     denoiser.train()
+    losses = []
     for step in range(recipe.steps):
         clip = step % len(latents)
-        train_step(trainer, latents[clip], texts[clip], adapters, spatial[clip] if spatial else None, settings,
-                   backward=lambda loss: loss.backward(), autocast=contextlib.nullcontext)
+        losses.append(train_step(trainer, latents[clip], texts[clip], adapters, spatial[clip] if spatial else None,
+                                 settings, backward=lambda loss: loss.backward(), autocast=contextlib.nullcontext).temporal)
         for name, optimizer in optimizers.items():
             if any(p.grad is not None for p in params[name]):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     denoiser.eval()
-    return components, spatial
+    return components, spatial, float(np.mean(losses[-100:]))
 
 
 def sample_and_score(components, motion: str, subjects, recipe: Recipe, sampling) -> dict:
@@ -152,6 +173,32 @@ def layout_distance(components, motion: str, subjects, recipe: Recipe, guidance_
     return float(np.mean(distances))
 
 
+@torch.no_grad()
+def lora_response(components, motion: str, subjects, recipe: Recipe, timesteps=(999, 800, 500)) -> dict:
+    """How strongly the temporal LoRA acts on each subject: per timestep, the mean over `subjects`
+    of ||prediction with it - without it|| on the subject's own clip doing the motion, noised at t
+    (seeded noise, the recipe's prompt). A LoRA gated by its reference's appearance acts on the
+    reference and barely on new subjects."""
+    from models.lora import TEMPORAL, activate
+
+    clips = np.stack([world.render(world.centered_spec(shape, color, motion)) for shape, color in subjects])
+    pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    latents = components.encode_video(pixels)
+    text = components.encode_prompts([recipe.prompt(shape, color, motion) for shape, color in subjects])
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    response = {}
+    for t in timesteps:
+        steps = torch.full((len(latents),), t)
+        noisy = components.scheduler.add_noise(latents, noise, steps)
+        activate(components.denoiser, [TEMPORAL])
+        with_lora = components.predict(noisy, steps, text)
+        activate(components.denoiser, [])
+        without = components.predict(noisy, steps, text)
+        response[t] = float((with_lora - without).flatten(1).norm(dim=1).mean())
+    activate(components.denoiser, [TEMPORAL])
+    return response
+
+
 def run_recipe(base: str | Path, motion: str, recipe: Recipe, sampling=None, subjects: int = 4) -> dict:
     """Train the recipe, then score new subjects and the reference subjects with the temporal LoRA
     alone (as MotionDirector samples), and the reference subjects with both paths."""
@@ -160,16 +207,20 @@ def run_recipe(base: str | Path, motion: str, recipe: Recipe, sampling=None, sub
 
     sampling = sampling or Sampling(seeds=(0, 1), num_steps=20, subjects=subjects)
     started = time.time()
-    components, spatial = train_recipe(Path(base), motion, recipe)
+    components, spatial, final_loss = train_recipe(Path(base), motion, recipe)
     train_s = time.time() - started
     references = reference_subjects(motion, recipe.mode)
     subjects = new_subjects(references, sampling.subjects)
     activate(components.denoiser, [TEMPORAL])
-    result = {"motion": motion, **asdict(recipe), "train_s": round(train_s, 1),
+    result = {"motion": motion, **asdict(recipe), "train_s": round(train_s, 1), "final_temporal_loss": final_loss,
               "new": sample_and_score(components, motion, subjects, recipe, sampling),
               "reference": sample_and_score(components, motion, references, recipe, sampling),
               "layout": {"new": layout_distance(components, motion, subjects, recipe),
                          "reference": layout_distance(components, motion, references, recipe)}}
+    new_response = lora_response(components, motion, subjects, recipe)
+    reference_response = lora_response(components, motion, references, recipe)
+    result["lora_response"] = {"reference": reference_response,
+                               "new_over_reference": {t: new_response[t] / reference_response[t] for t in new_response}}
     if spatial:  # what the two paths together do for the subject they were trained on
         activate(components.denoiser, [TEMPORAL, spatial[0]])
         result["reference_both_paths"] = sample_and_score(components, motion, references[:1], recipe, sampling)
