@@ -5,7 +5,9 @@
 # learned temporal LoRA (same prompts and seeds) and score them against the reference clip: writes
 # outputs/quickstart/scores.json (the first pair's scores and a `summary` over all 8 pairs),
 # strip.png (reference, then base and MotionDirector of the first two pairs) and the videos. It
-# needs a pretrained toy-world base (docs/toy_world.md): the shipped models/toy_world_base, or TOY_BASE=path.
+# needs a pretrained toy-world base (docs/toy_world.md): the shipped models/toy_world_v2 (v2: a family of
+# paths per caption), or TOY_BASE=path. It prints what the numbers show; on the shipped base the LoRA
+# does not yet move new subjects along the zig-zag (docs/toy_world.md, "Quick start").
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -15,7 +17,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 $PY -m pip install -q -r requirements.txt
 
-BASE=${TOY_BASE:-models/toy_world_base}
+BASE=${TOY_BASE:-models/toy_world_v2}
 if [ ! -f "$BASE/model_index.json" ]; then
   echo "no toy-world base at $BASE: see docs/toy_world.md (python -m utils.toy_world pretrain ...), or set TOY_BASE" >&2
   exit 2

@@ -11,7 +11,8 @@ from utils.toy_world.detector import read_clip
 from utils.toy_world.score import motion_class, score_clip, summarize, trajectory_distance
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_BASE = REPO / "models" / "toy_world_base"
+SHIPPED_BASE = REPO / "models" / "toy_world_base"  # v1: straight lines
+SHIPPED_V2 = REPO / "models" / "toy_world_v2"  # v2: a family of paths per caption
 ALL = world.all_combinations(world.BASE_MOTIONS + world.NEW_MOTIONS)
 
 
@@ -293,10 +294,28 @@ def test_parse_caption_inverts_caption():
         parse_caption("a purple circle moving left")
 
 
-def _shipped_or_skip() -> Path:
-    if not (SHIPPED_BASE / "model_index.json").is_file():
-        pytest.skip(f"{SHIPPED_BASE} is not shipped in this checkout")
-    return SHIPPED_BASE
+def _shipped_or_skip(base: Path = SHIPPED_BASE) -> Path:
+    if not (base / "model_index.json").is_file():
+        pytest.skip(f"{base} is not shipped in this checkout")
+    return base
+
+
+def test_shipped_v2_base_samples_every_family():
+    """Through the project's sampler, a red square in every family (left, right, up, down, a loop,
+    still): seeds 0-3 each gave 6 of 6 families and the right subject; the gate over 144 clips
+    reads loops right only about half the time (docs/toy_world.md), so one miss is allowed."""
+    from models.bases import load_components
+    from utils.inference.generate import GenerationSettings, sample_video
+
+    components = load_components(str(_shipped_or_skip(SHIPPED_V2)))
+    families_right = 0
+    for motion in world.FAMILIES:
+        settings = GenerationSettings(prompt=world.caption("square", "red", motion), width=world.SIZE,
+                                      height=world.SIZE, num_frames=world.FRAMES, num_steps=20, guidance_scale=4.0)
+        score = score_clip(sample_video(components, settings, seed=0, inverted=None)[0].numpy(), "square", "red", motion)
+        assert score.color_ok and score.shape_ok, motion
+        families_right += score.motion_ok
+    assert families_right >= 5
 
 
 def test_shipped_base_samples_the_prompts_subject_and_motion():
@@ -317,30 +336,24 @@ def test_shipped_base_samples_the_prompts_subject_and_motion():
     assert motions_right >= 4
 
 
-def test_short_training_on_the_shipped_base_brings_new_subjects_nearer_the_motion(tmp_path):
-    """MotionDirector_train.py (the toy config, 300 steps, as the quick start) on the bundled zig-zag
-    clip; then four new subjects, two seeds each, sampled with and without the temporal LoRA. The
-    LoRA moves them nearer the zig-zag on both scores (training seeds 0, 1, 2: the distance drops by
-    3.5, 2.3, 6.3 px, the motion fidelity of MotionDirector_eval.py rises by 13, 8, 26; the bounds
-    hold for each; README "Toy world")."""
-    from utils.evaluation.inputs import read_video
-    from utils.evaluation.motion_fidelity import motion_fidelity
-    from utils.toy_world.experiment import (Sampling, mean_distance, new_subjects, reference_clip, reference_subjects,
-                                            sample_subjects, sampling_model, train_motiondirector)
+def test_short_training_on_the_shipped_base_moves_its_reference_subject_in_a_circle(tmp_path):
+    """MotionDirector_train.py (the toy config, 300 steps) on the bundled circling clip (a blue
+    square, "moving in a circle": one radius and start of the v2 base's loop family); the reference
+    subject, sampled with its own caption and the temporal LoRA alone (as MotionDirector samples),
+    comes nearer the circle than without it. Not new subjects: on them 300 steps change nothing
+    measurable (docs/toy_world.md)."""
+    from utils.toy_world.experiment import (Sampling, mean_distance, reference_subjects, sample_subjects,
+                                            sampling_model, train_motiondirector)
 
-    base = _shipped_or_skip()
-    run, _ = train_motiondirector(base, "zigzag", seed=0, steps=300, out_dir=tmp_path)
+    base = _shipped_or_skip(SHIPPED_V2)
+    run, _ = train_motiondirector(base, "circling", seed=0, steps=300, out_dir=tmp_path)
     assert (run / "temporal" / "lora" / "300_unet.safetensors").is_file()
-    sampling = Sampling(seeds=(0, 1), num_steps=20, subjects=4)
-    subjects = new_subjects(reference_subjects("zigzag"), sampling.subjects)
-    reference = world.without_clocks(read_video(reference_clip("zigzag")))
-    distance, fidelity = {}, {}
+    sampling = Sampling(seeds=(0, 1), num_steps=20)
+    distance = {}
     for name, lora_run in (("base", None), ("motiondirector", run)):
-        clips, _ = sample_subjects(sampling_model(base, lora_run), "zigzag", subjects, sampling)
-        distance[name] = mean_distance(clips, "zigzag")
-        fidelity[name] = np.mean([motion_fidelity(world.without_clocks(clip), reference) for _, _, clip in clips])
-    assert distance["motiondirector"] < distance["base"] - 1.5, distance
-    assert fidelity["motiondirector"] > fidelity["base"] + 5, fidelity
+        clips, _ = sample_subjects(sampling_model(base, lora_run), "circling", reference_subjects("circling"), sampling)
+        distance[name] = mean_distance(clips, "circling")
+    assert distance["motiondirector"] < distance["base"] - 4.0, distance
 
 
 def test_experiment_row_scores_motion_appearance_and_leakage():
@@ -368,6 +381,8 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
     """run_experiment's wiring, with training and sampling replaced by the world's own clips: each
     variant gets its overrides then --set's, the noise-prior rows come from MotionDirector's run, and
     every row scores its reference subject (here drawn doing the motion: 0 px) apart from the new ones."""
+    import json
+
     from utils.toy_world import experiment
 
     trained = []
@@ -393,6 +408,8 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
                                         "coupled", "no_debias"]
     base, *trained_rows = rows
     assert base["reference_subject_distance"] > 10 and base["motion_hit_rate"] == 0.0
+    written = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text(encoding="utf8").splitlines()]
+    assert written == [{k: v for k, v in r.items() if k != "samples"} for r in rows]  # row by row, as scored
     assert all(r["reference_subject_distance"] < 1.0 and r["motion_hit_rate"] == 1.0 for r in trained_rows)
 
 
@@ -467,7 +484,9 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     for motion in ("zigzag", "circling"):
         picked = [r for r in rows if r["motion"] == motion]
         (tmp_path / f"{motion}.json").write_text(json.dumps({"rows": picked}), encoding="utf8")
-    main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.json"), "--out", str(tmp_path / "all.json")])
+    # an experiment's table.json, or the rows.jsonl it writes row by row (an interrupted run has only that)
+    (tmp_path / "circling.jsonl").write_text("\n".join(json.dumps(r) for r in rows if r["motion"] == "circling"))
+    main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.jsonl"), "--out", str(tmp_path / "all.json")])
     merged = json.loads((tmp_path / "all.json").read_text(encoding="utf8"))
     assert merged["summary"] == summary and len(merged["differences"]) == 4
     printed = capsys.readouterr().out
@@ -637,8 +656,6 @@ def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
     assert [h["step"] for h in history] == [2] and set(history[0]["swap_ratio"]) == {950, 800, 600}
 
 
-
-
 def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_dir, monkeypatch):
     """One probe recipe end to end on the tiny pipeline: the temporal LoRA sits only on the named
     parts of the UNet, training draws its timesteps from the recipe's range, and the scores cover
@@ -676,3 +693,6 @@ def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_di
     assert set(result["layout"]) == {"new", "reference"} and all(d >= 0 for d in result["layout"].values())
     assert replace(recipe, caption="family").prompt("circle", "red", "zigzag") == "a red circle moving right"
     assert recipe.prompt("circle", "red", "zigzag") == "a red circle zigzagging"
+    assert replace(recipe, caption="random_subject").prompt("circle", "red", "zigzag") == "a red circle moving right"
+    with pytest.raises(ValueError, match="unknown caption kind"):
+        replace(recipe, caption="zig").prompt("circle", "red", "zigzag")

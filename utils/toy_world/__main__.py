@@ -103,7 +103,10 @@ def _table(args) -> None:
 
     from utils.toy_world.table import format_differences, format_table, paired_differences, summarize_rows, write_tables
 
-    rows = [row for path in args.tables for row in json.loads(Path(path).read_text(encoding="utf8"))["rows"]]
+    rows = []
+    for path in map(Path, args.tables):
+        text = path.read_text(encoding="utf8")
+        rows += [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)["rows"]
     if args.out:
         print(write_tables(rows, args.out))
         return
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=_experiment)
 
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")
-    table.add_argument("tables", nargs="+", help="table.json files written by experiment")
+    table.add_argument("tables", nargs="+", help="table.json (or rows.jsonl, written row by row) files of experiment runs")
     table.add_argument("--out", help="write the merged rows, summary and differences to this JSON file "
                                      "(and the tables to the same name with .md)")
     table.set_defaults(run=_table)

@@ -195,11 +195,14 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
     `overrides` (config key=value, e.g. "lora_rank=32") go to every training run, after the variant's.
 
     Each row dict carries motion, mode, seed (None for the base), the scores and, when
-    `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable).
+    `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable). Each row
+    is also appended to `out_dir`/rows.jsonl as it is scored (`python -m utils.toy_world table` reads
+    it), so that an interrupted experiment keeps what it measured.
     """
     from utils.evaluation.inputs import read_video
 
     base, out_dir = Path(base).resolve(), Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for motion in motions:
         reference_frames = read_video(reference_clip(motion))
@@ -216,14 +219,16 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
                 row.update(motion=motion, mode=mode, seed=seed, reference_subject_distance=mean_distance(own, motion),
                            **({"samples": clips} if keep_clips else {}))
                 rows.append(row)
+                with (out_dir / "rows.jsonl").open("a", encoding="utf8") as file:  # survives an interruption
+                    file.write(json.dumps({k: v for k, v in row.items() if k != "samples"}) + "\n")
                 logger.info("%s %s %s seed %s: distance %.2f px (reference subjects %.2f px), fidelity %.3f, "
                             "appearance %.2f, leakage %.2f", motion, mode, name, seed, row["trajectory_distance"],
                             row["reference_subject_distance"], row["motion_fidelity"], row["appearance_accuracy"],
                             row["leakage"])
 
             add("base", None, None, 0.0)
-            for variant in variants:
-                for seed in train_seeds:
+            for seed in train_seeds:  # seed by seed: an interrupted run still has whole pairs
+                for variant in variants:
                     run, train_s = train_motiondirector(base, motion, seed, steps,
                                                         out_dir / motion / mode / f"{variant}_seed{seed}",
                                                         (*VARIANTS[variant], *overrides), mode)

@@ -45,16 +45,19 @@ class Recipe:
     # The temporal convs (kernel 3 over frames, zero-padded: the only layers that see frame order) in
     # the same parts get the temporal LoRA too. MotionDirector leaves them alone.
     temporal_convs: bool = False
-    caption: str = "family"  # "family": the clip's own caption; "new_word": "a <subject> zigzagging"
+    # "family": the clip's own caption; "new_word": "a <subject> zigzagging"; "random_subject": the
+    # family caption with a random subject each step (whatever the clip shows), so that the LoRA
+    # cannot key on the reference's subject words (not MotionDirector: a probe of what it keys on)
+    caption: str = "family"
     mode: str = "single"
     seed: int = 0
 
     def prompt(self, shape: str, color: str, motion: str) -> str:
-        if self.caption == "family":
+        if self.caption in ("family", "random_subject"):
             return world.caption(shape, color, motion)
         if self.caption == "new_word":
             return f"a {color} {shape} {world.NEW_WORD_PHRASE}"
-        raise ValueError(f"unknown caption kind {self.caption!r}; use family or new_word")
+        raise ValueError(f"unknown caption kind {self.caption!r}; use family, new_word or random_subject")
 
 
 class TimestepRange:
@@ -115,6 +118,9 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
     components = load_components(str(base))
     latents, subjects = reference_latents(components, motion, recipe.mode)
     texts = [components.encode_prompts([recipe.prompt(s, c, motion)]) for s, c in subjects]
+    anyone = [(s, c) for c in world.COLORS for s in world.SHAPES]
+    random_texts = components.encode_prompts([recipe.prompt(s, c, motion) for s, c in anyone])
+    pick = torch.Generator().manual_seed(recipe.seed)
     denoiser = components.denoiser
     spatial = spatial_adapter_names(len(latents)) if recipe.spatial else []
     targets = temporal_targets(components, recipe.temporal_layers)
@@ -133,7 +139,11 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
     losses = []
     for step in range(recipe.steps):
         clip = step % len(latents)
-        losses.append(train_step(trainer, latents[clip], texts[clip], adapters, spatial[clip] if spatial else None,
+        text = texts[clip]
+        if recipe.caption == "random_subject":
+            index = int(torch.randint(len(anyone), (1,), generator=pick))
+            text = random_texts[index : index + 1]
+        losses.append(train_step(trainer, latents[clip], text, adapters, spatial[clip] if spatial else None,
                                  settings, backward=lambda loss: loss.backward(), autocast=contextlib.nullcontext).temporal)
         for name, optimizer in optimizers.items():
             if any(p.grad is not None for p in params[name]):
@@ -149,7 +159,7 @@ def sample_and_score(components, motion: str, subjects, recipe: Recipe, sampling
     from utils.toy_world.experiment import CLOSE_ENOUGH, sample_subjects
     from utils.toy_world.score import score_clip
 
-    phrase = None if recipe.caption == "family" else world.NEW_WORD_PHRASE
+    phrase = world.NEW_WORD_PHRASE if recipe.caption == "new_word" else None  # random_subject samples as family
     clips, _ = sample_subjects((components, None), motion, subjects, sampling, phrase=phrase)
     scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
     distances = np.array([s.trajectory_distance for s in scores])
