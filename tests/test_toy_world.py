@@ -11,7 +11,8 @@ from utils.toy_world.detector import read_clip
 from utils.toy_world.score import motion_class, score_clip, summarize, trajectory_distance
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_BASE = REPO / "models" / "toy_world_base"
+SHIPPED_BASE = REPO / "models" / "toy_world_base"  # v1: straight lines
+SHIPPED_V2 = REPO / "models" / "toy_world_v2"  # v2: a family of paths per caption
 ALL = world.all_combinations(world.BASE_MOTIONS + world.NEW_MOTIONS)
 
 
@@ -37,12 +38,69 @@ def test_detector_is_exact_on_generated_clips(shape, color, motion):
             assert score.motion_ok and score.motion == motion
 
 
-def test_new_motions_are_far_from_each_other_and_from_base_motions():
-    tracks = {m: world.offsets(m) for m in world.MOTION_PHRASES}
+def test_new_motions_are_far_from_each_other_and_from_straight_motions():
+    tracks = {m: world.offsets(m) for m in world.BASE_MOTIONS + world.NEW_MOTIONS}
     for new in world.NEW_MOTIONS:
         for other, track in tracks.items():
             if other != new:
                 assert trajectory_distance(track, tracks[new]) > 4.0, (new, other)
+
+
+def test_targets_are_members_of_their_families_by_hand():
+    """The zig-zag is "moving right" with the height flipping every frame (7 px up first); circling
+    is a loop of radius 11 from the top, clockwise on screen (v1's definitions, kept)."""
+    frames = np.arange(world.FRAMES)
+    zigzag = world.offsets("zigzag")
+    assert np.allclose(zigzag[:, 0], world.TRAVEL * frames / (world.FRAMES - 1))
+    assert np.allclose(zigzag[:, 1], 7.0 * np.where(frames % 2 == 0, -1.0, 1.0))
+    angle = 2 * np.pi * frames / world.FRAMES
+    assert np.allclose(world.offsets("circling")[:, :2], np.stack([11 * np.sin(angle), -11 * np.cos(angle)], -1))
+    assert np.allclose(world.offsets("right", member=world.TARGET_MEMBERS["zigzag"]), zigzag)
+    # a drift's wiggle runs across it; a counter-clockwise loop mirrors a clockwise one
+    up = world.offsets("up", member=world.Member("sine", 4.0, 4, 0.25))
+    assert np.allclose(up[:, 0], 4.0 * np.cos(np.pi * frames / 2)) and np.allclose(up[:, 1], -world.TRAVEL * frames / 7)
+    ccw = world.offsets("loop", member=world.Member("loop", 11.0, clockwise=False))
+    assert np.allclose(ccw[:, 0], -world.offsets("circling")[:, 0]) and np.allclose(ccw[:, 1], world.offsets("circling")[:, 1])
+    assert world.caption("circle", "red", "zigzag") == "a red circle moving right"
+    assert world.caption("circle", "red", "circling") == world.caption("circle", "red", "loop") == "a red circle moving in a circle"
+
+
+def test_family_members_stay_inside_and_the_detector_reads_their_family():
+    """Random members of every family: drawn inside the frame, read to within a pixel, and their
+    motion class is their family (loops by their sweep, drifts by their line fit)."""
+    from utils.toy_world.score import fit_circle, wiggle
+
+    specs = world.family_specs(2, seed=11)
+    assert len(specs) == 2 * len(world.SHAPES) * len(world.COLORS) * len(world.FAMILIES)
+    assert specs == world.family_specs(2, seed=11) and specs != world.family_specs(2, seed=12)
+    kinds = {s.member.kind for s in specs if s.member}
+    assert kinds == {"straight", "sine", "zigzag", "arc", "loop"}
+    for spec in specs:
+        track = world.trajectory(spec)
+        assert (track[:, :2] - track[:, 2:] >= 0).all() and (track[:, :2] + track[:, 2:] <= world.SIZE - 1).all()
+        video = world.render(spec)
+        reading = read_clip(video)
+        assert np.abs(reading.track - track).max() <= 1.0
+        score = score_clip(video, spec.shape, spec.color, spec.motion)
+        assert score.motion == spec.motion, spec
+        if spec.member and spec.member.kind == "loop":
+            radius, sweep = fit_circle(track)
+            assert radius == pytest.approx(spec.member.amplitude) and (sweep > 0) == spec.member.clockwise
+        elif spec.member and spec.member.kind == "straight":
+            assert wiggle(track) < 1e-9
+
+
+def test_a_caption_leaves_the_target_member_unlikely():
+    """Drawn from its family, a caption's path rarely lands within CLOSE_ENOUGH of the target
+    member (what a base that samples its family faithfully would score): under 5%."""
+    from utils.toy_world.experiment import CLOSE_ENOUGH
+
+    rng = np.random.default_rng(0)
+    for target, family in world.TARGET_FAMILY.items():
+        reference = world.offsets(target)
+        distances = [trajectory_distance(world.offsets(family, member=world.random_member(rng, family)), reference)
+                     for _ in range(2000)]
+        assert 0.005 < np.mean(np.array(distances) < CLOSE_ENOUGH) < 0.05, target
 
 
 @pytest.mark.parametrize("motion", world.BASE_MOTIONS + world.NEW_MOTIONS)
@@ -87,7 +145,9 @@ def test_bundled_reference_clips_match_the_generator(tmp_path):
     assert sorted(p.relative_to(tmp_path) for p in fresh) == sorted(
         p.relative_to(bundled) for p in bundled.rglob("*.mp4"))
     for path in bundled.rglob("*/single/*.mp4"):
-        shape, color, motion = parse_caption(path.with_suffix(".txt").read_text(encoding="utf8"))
+        shape, color, family = parse_caption(path.with_suffix(".txt").read_text(encoding="utf8"))
+        motion = path.parent.parent.name  # the target; the caption names its family
+        assert family == world.TARGET_FAMILY.get(motion, motion)
         score = score_clip(read_frames(path, range(world.FRAMES)), shape, color, motion)
         assert score.color_ok and score.shape_ok and score.trajectory_distance < 3.0, (path, score)
 
@@ -188,6 +248,19 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
     for part in ("model", "ema"):
         assert all(torch.equal(straight[part][k], stopped[part][k]) for k in straight[part])
     assert not torch.equal(straight["model"]["conv_in.weight"], stopped["ema"]["conv_in.weight"])
+    # the vocabulary stage (v2): run on in place, or from the finished base with --init-from (which
+    # takes its VAE, text parts and EMA UNet): the same weights either way
+    vocabulary = replace(settings, vocabulary_steps=2, clips_per_family_caption=1)
+    initialised = tmp_path / "v2"
+    assert pretrain(initialised, replace(vocabulary, init_from=str(resumed)))  # (base/unet holds the probes' UNets)
+    assert pretrain(resumed, vocabulary)
+    on, init = (torch.load(d / "checkpoints" / "unet.pt", weights_only=False) for d in (resumed, initialised))
+    assert on["step"] == init["step"] == vocabulary.total_unet_steps
+    for part in ("model", "ema"):
+        assert all(torch.equal(on[part][k], init[part][k]) for k in on[part])
+    assert not torch.equal(on["model"]["conv_in.weight"], straight["model"]["conv_in.weight"])
+    family = torch.load(initialised / "checkpoints" / "family_latents.pt")
+    assert len(family["latents"]) == 72 and len(family["captions"]) == 72
 
 
 def test_contrast_centroids_follow_the_subject_on_a_ramped_background():
@@ -212,17 +285,37 @@ def test_binding_word_sets_differ_in_that_word_only():
 def test_parse_caption_inverts_caption():
     from utils.toy_world.evaluate import parse_caption
 
-    for shape, color, motion in ALL:
+    for shape, color, motion in world.all_combinations(world.FAMILIES + world.HELD_OUT):
         assert parse_caption(world.caption(shape, color, motion)) == (shape, color, motion)
-    assert parse_caption("A Blue square moving in a circle.") == ("square", "blue", "circling")
+    # a target member's caption is its family's
+    assert parse_caption(world.caption("circle", "red", "zigzag")) == ("circle", "red", "right")
+    assert parse_caption("A Blue square moving in a circle.") == ("square", "blue", "loop")
     with pytest.raises(ValueError, match="not a toy-world caption"):
         parse_caption("a purple circle moving left")
 
 
-def _shipped_or_skip() -> Path:
-    if not (SHIPPED_BASE / "model_index.json").is_file():
-        pytest.skip(f"{SHIPPED_BASE} is not shipped in this checkout")
-    return SHIPPED_BASE
+def _shipped_or_skip(base: Path = SHIPPED_BASE) -> Path:
+    if not (base / "model_index.json").is_file():
+        pytest.skip(f"{base} is not shipped in this checkout")
+    return base
+
+
+def test_shipped_v2_base_samples_every_family():
+    """Through the project's sampler, a red square in every family (left, right, up, down, a loop,
+    still): seeds 0-3 each gave 6 of 6 families and the right subject; the gate over 144 clips
+    reads loops right only about half the time (docs/toy_world.md), so one miss is allowed."""
+    from models.bases import load_components
+    from utils.inference.generate import GenerationSettings, sample_video
+
+    components = load_components(str(_shipped_or_skip(SHIPPED_V2)))
+    families_right = 0
+    for motion in world.FAMILIES:
+        settings = GenerationSettings(prompt=world.caption("square", "red", motion), width=world.SIZE,
+                                      height=world.SIZE, num_frames=world.FRAMES, num_steps=20, guidance_scale=4.0)
+        score = score_clip(sample_video(components, settings, seed=0, inverted=None)[0].numpy(), "square", "red", motion)
+        assert score.color_ok and score.shape_ok, motion
+        families_right += score.motion_ok
+    assert families_right >= 5
 
 
 def test_shipped_base_samples_the_prompts_subject_and_motion():
@@ -243,30 +336,24 @@ def test_shipped_base_samples_the_prompts_subject_and_motion():
     assert motions_right >= 4
 
 
-def test_short_training_on_the_shipped_base_brings_new_subjects_nearer_the_motion(tmp_path):
-    """MotionDirector_train.py (the toy config, 300 steps, as the quick start) on the bundled zig-zag
-    clip; then four new subjects, two seeds each, sampled with and without the temporal LoRA. The
-    LoRA moves them nearer the zig-zag on both scores (training seeds 0, 1, 2: the distance drops by
-    3.5, 2.3, 6.3 px, the motion fidelity of MotionDirector_eval.py rises by 13, 8, 26; the bounds
-    hold for each; README "Toy world")."""
-    from utils.evaluation.inputs import read_video
-    from utils.evaluation.motion_fidelity import motion_fidelity
-    from utils.toy_world.experiment import (Sampling, mean_distance, new_subjects, reference_clip, reference_subjects,
-                                            sample_subjects, sampling_model, train_motiondirector)
+def test_short_training_on_the_shipped_base_moves_its_reference_subject_in_a_circle(tmp_path):
+    """MotionDirector_train.py (the toy config, 300 steps) on the bundled circling clip (a blue
+    square, "moving in a circle": one radius and start of the v2 base's loop family); the reference
+    subject, sampled with its own caption and the temporal LoRA alone (as MotionDirector samples),
+    comes nearer the circle than without it. Not new subjects: on them 300 steps change nothing
+    measurable (docs/toy_world.md)."""
+    from utils.toy_world.experiment import (Sampling, mean_distance, reference_subjects, sample_subjects,
+                                            sampling_model, train_motiondirector)
 
-    base = _shipped_or_skip()
-    run, _ = train_motiondirector(base, "zigzag", seed=0, steps=300, out_dir=tmp_path)
+    base = _shipped_or_skip(SHIPPED_V2)
+    run, _ = train_motiondirector(base, "circling", seed=0, steps=300, out_dir=tmp_path)
     assert (run / "temporal" / "lora" / "300_unet.safetensors").is_file()
-    sampling = Sampling(seeds=(0, 1), num_steps=20, subjects=4)
-    subjects = new_subjects(reference_subjects("zigzag"), sampling.subjects)
-    reference = world.without_clocks(read_video(reference_clip("zigzag")))
-    distance, fidelity = {}, {}
+    sampling = Sampling(seeds=(0, 1), num_steps=20)
+    distance = {}
     for name, lora_run in (("base", None), ("motiondirector", run)):
-        clips, _ = sample_subjects(sampling_model(base, lora_run), "zigzag", subjects, sampling)
-        distance[name] = mean_distance(clips, "zigzag")
-        fidelity[name] = np.mean([motion_fidelity(world.without_clocks(clip), reference) for _, _, clip in clips])
-    assert distance["motiondirector"] < distance["base"] - 1.5, distance
-    assert fidelity["motiondirector"] > fidelity["base"] + 5, fidelity
+        clips, _ = sample_subjects(sampling_model(base, lora_run), "circling", reference_subjects("circling"), sampling)
+        distance[name] = mean_distance(clips, "circling")
+    assert distance["motiondirector"] < distance["base"] - 4.0, distance
 
 
 def test_experiment_row_scores_motion_appearance_and_leakage():
@@ -294,6 +381,8 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
     """run_experiment's wiring, with training and sampling replaced by the world's own clips: each
     variant gets its overrides then --set's, the noise-prior rows come from MotionDirector's run, and
     every row scores its reference subject (here drawn doing the motion: 0 px) apart from the new ones."""
+    import json
+
     from utils.toy_world import experiment
 
     trained = []
@@ -319,6 +408,8 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
                                         "coupled", "no_debias"]
     base, *trained_rows = rows
     assert base["reference_subject_distance"] > 10 and base["motion_hit_rate"] == 0.0
+    written = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text(encoding="utf8").splitlines()]
+    assert written == [{k: v for k, v in r.items() if k != "samples"} for r in rows]  # row by row, as scored
     assert all(r["reference_subject_distance"] < 1.0 and r["motion_hit_rate"] == 1.0 for r in trained_rows)
 
 
@@ -347,39 +438,61 @@ def test_multi_video_subjects_and_leakage():
     assert sorted(references) == sorted(world.REFERENCE_SUBJECTS)
     subjects = new_subjects(references)
     assert len(subjects) == 12 - 3 and not set(subjects) & set(references)
-    # a green circle asked for, a yellow circle drawn: yellow is a reference colour (leak); a red
-    # circle drawn for "green square": red and circle both belong to references (leak)
-    drawn = score_clip(world.render(world.centered_spec("circle", "yellow", "zigzag")), "circle", "green", "zigzag")
-    assert leaked(drawn, ("circle", "green"), references)
-    right = score_clip(world.render(world.centered_spec("circle", "green", "zigzag")), "circle", "green", "zigzag")
-    assert not leaked(right, ("circle", "green"), references)
+    # only a reference subject's exact pair leaks: a yellow circle (a reference) drawn for "a green
+    # circle" does; a red circle (red and circle both belong to references, the pair to none) does not
+    def drawn(shape, color):
+        return score_clip(world.render(world.centered_spec(shape, color, "zigzag")), "circle", "green", "zigzag")
+
+    assert leaked(drawn("circle", "yellow"), ("circle", "green"), references)
+    assert not leaked(drawn("circle", "red"), ("circle", "green"), references)
+    assert not leaked(drawn("circle", "green"), ("circle", "green"), references)
 
 
-def test_summary_averages_motions_within_a_seed_then_over_seeds(tmp_path, capsys):
+def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
+    """Each (motion, mode, row) over its seeds; differences against coupled tuning seed by seed,
+    with t(0.975, n-1) sd / sqrt(n) intervals; `table` merges runs split by motion."""
     import json
 
     from utils.toy_world.__main__ import main
-    from utils.toy_world.experiment import summarize_rows
+    from utils.toy_world.table import paired_differences, summarize_rows, t_quantile
 
-    def row(name, motion, seed, distance):
-        scores = dict.fromkeys(("motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
-                                "train_s", "sample_s"), 0.0)
+    def row(name, motion, seed, distance, hit=0.0):
+        scores = dict.fromkeys(("motion_fidelity", "appearance_accuracy", "leakage", "train_s", "sample_s"), 0.0)
         return {"row": name, "motion": motion, "mode": "single", "seed": seed, "trajectory_distance": distance,
-                **scores}
+                "motion_hit_rate": hit, **scores}
 
-    rows = [row("base", "zigzag", None, 10.0), row("base", "circling", None, 14.0),
-            row("motiondirector", "zigzag", 0, 2.0), row("motiondirector", "circling", 0, 4.0),
-            row("motiondirector", "zigzag", 1, 4.0), row("motiondirector", "circling", 1, 6.0)]
-    base, md = summarize_rows(rows)
-    assert base["row"] == "base" and base["trajectory_distance"] == 12.0 and base["seeds"] == 0
-    assert md["trajectory_distance"] == 4.0 and md["trajectory_distance_std"] == 1.0 and md["seeds"] == 2
-    # `table` merges runs split by motion (two experiment processes) into the same summary
+    rows = [row("base", "zigzag", None, 10.0), row("base", "circling", None, 14.0)]
+    for seed, (md, coupled) in enumerate([(2.0, 3.0), (4.0, 6.0), (3.0, 6.0)]):
+        rows += [row("motiondirector", "zigzag", seed, md, 0.5), row("coupled", "zigzag", seed, coupled),
+                 row("motiondirector", "circling", seed, 5.0), row("coupled", "circling", seed, 5.0)]
+    summary = summarize_rows(rows)
+    assert [(s["motion"], s["row"]) for s in summary] == [
+        ("zigzag", "base"), ("zigzag", "motiondirector"), ("zigzag", "coupled"),
+        ("circling", "base"), ("circling", "motiondirector"), ("circling", "coupled")]
+    md = summary[1]
+    assert md["trajectory_distance"] == 3.0 and md["trajectory_distance_std"] == pytest.approx(np.sqrt(2 / 3))
+    assert summary[0]["seeds"] == 0 and md["seeds"] == 3
+    differences = {(d["motion"], d["row"]): d for d in paired_differences(rows)}
+    # md - coupled per seed: -1, -2, -3: mean -2, sd 1, interval 4.303 / sqrt(3)
+    zig = differences[("zigzag", "motiondirector")]
+    assert zig["trajectory_distance"] == pytest.approx(-2.0)
+    assert zig["trajectory_distance_ci"] == pytest.approx(4.303 / np.sqrt(3))
+    assert zig["motion_hit_rate"] == 0.5 and zig["motion_hit_rate_ci"] == 0.0 and zig["pairs"] == 3
+    base = differences[("zigzag", "base")]  # 10 against 3, 6, 6
+    assert base["trajectory_distance"] == pytest.approx(5.0) and base["pairs"] == 3
+    assert t_quantile(4) == 2.776 and t_quantile(11) == 2.228 and t_quantile(100) == 1.96
     for motion in ("zigzag", "circling"):
         picked = [r for r in rows if r["motion"] == motion]
         (tmp_path / f"{motion}.json").write_text(json.dumps({"rows": picked}), encoding="utf8")
-    main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.json"), "--out", str(tmp_path / "all.json")])
-    assert json.loads((tmp_path / "all.json").read_text(encoding="utf8"))["summary"] == [base, md]
-    assert "| single | motiondirector | 4.00 ± 1.00 |" in capsys.readouterr().out
+    # an experiment's table.json, or the rows.jsonl it writes row by row (an interrupted run has only that)
+    (tmp_path / "circling.jsonl").write_text("\n".join(json.dumps(r) for r in rows if r["motion"] == "circling"))
+    main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.jsonl"), "--out", str(tmp_path / "all.json")])
+    merged = json.loads((tmp_path / "all.json").read_text(encoding="utf8"))
+    assert merged["summary"] == summary and len(merged["differences"]) == 4
+    printed = capsys.readouterr().out
+    assert "| zigzag | single | motiondirector | 3.00 ± 0.82 |" in printed
+    assert "| zigzag | single | motiondirector | -2.00 ± 2.48 |" in printed
+    assert (tmp_path / "all.md").read_text(encoding="utf8").strip() == printed.strip()
 
 
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
@@ -439,7 +552,7 @@ def test_compare_writes_scores_and_strip(tmp_path):
     reference = world.write_clip(world.centered_spec("square", "blue", "zigzag"), tmp_path / "ref")
     base = world.write_clip(world.centered_spec("circle", "green", "still"), tmp_path / "base")
     md = world.write_clip(world.centered_spec("circle", "red", "zigzag"), tmp_path / "md")
-    scores = compare_videos(reference, "a red circle zigzagging", base, md, tmp_path / "out")
+    scores = compare_videos(reference, "a red circle moving right", base, md, tmp_path / "out", motion="zigzag")
     assert json.loads((tmp_path / "out" / "scores.json").read_text()) == scores
     assert set(scores) == {"reference", "prompt", "base", "motiondirector"}
     assert scores["motiondirector"]["appearance_accuracy"] == 1.0 and scores["base"]["appearance_accuracy"] == 0.5
@@ -459,6 +572,36 @@ def test_vae_round_trip_reads_the_clip_and_its_decode(capsys):
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "zigzag:" in line]
     written, decoded = [float(word) for word in line.replace(",", " ").split() if word.replace(".", "").isdigit()][:2]
     assert written < 1.5 and written < decoded < 4.0
+
+
+def test_compare_summarizes_pairs_named_as_the_inference_scripts_name_them(tmp_path):
+    """Several pairs: prompts read from the file names, a `summary` of hit rate (share under
+    CLOSE_ENOUGH), mean trajectory distance, motion fidelity and appearance; the first pair's keys
+    stay as with one pair."""
+    from utils.toy_world.compare import compare_videos, prompt_of
+    from utils.io.video_io import write_video
+
+    assert prompt_of("out/a_red_circle_moving_right_12.mp4") == "a red circle moving right"
+    assert prompt_of("a_green_square_moving_right_0_b1.mp4") == "a green square moving right"
+    reference = world.write_clip(world.centered_spec("square", "blue", "zigzag"), tmp_path / "ref")
+    pairs = []
+    for index, (shape, color) in enumerate([("circle", "red"), ("triangle", "green")]):
+        stem = f"a_{color}_{shape}_moving_right_{index}.mp4"
+        base = write_video(tmp_path / "base" / stem, world.render(world.centered_spec(shape, color, "right")), world.FPS)
+        md = write_video(tmp_path / "md" / stem, world.render(world.centered_spec(shape, color, "zigzag")), world.FPS)
+        pairs.append((base, md))
+    scores = compare_videos(reference, None, [b for b, _ in pairs], [m for _, m in pairs], tmp_path / "out",
+                            motion="zigzag", strip_pairs=2)
+    assert scores["prompt"] == "a red circle moving right" and scores["base"]["video"] == str(pairs[0][0])
+    summary = scores["summary"]
+    assert summary["n_videos"] == 2 and summary["motion"] == "zigzag"
+    assert summary["motiondirector"]["hit_rate"] == 1.0 and summary["base"]["hit_rate"] == 0.0
+    # a straight drift is 7.0 px from the zig-zag (the zig's height, every frame)
+    assert summary["base"]["trajectory_distance_px"] == pytest.approx(7.0, abs=1.0)
+    assert summary["motiondirector"]["appearance_accuracy"] == 1.0
+    import imageio.v3 as iio
+
+    assert iio.imread(tmp_path / "out" / "strip.png").shape[0] == 2 * (5 * world.SIZE + 10)
 
 
 def test_pretraining_clips_start_near_the_centre():
@@ -524,3 +667,43 @@ def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
     assert [h["step"] for h in history] == [2] and set(history[0]["swap_ratio"]) == {950, 800, 600}
 
 
+def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_dir, monkeypatch):
+    """One probe recipe end to end on the tiny pipeline: the temporal LoRA sits only on the named
+    parts of the UNet, training draws its timesteps from the recipe's range, and the scores cover
+    the new subjects, the reference subject and both paths on it."""
+    from dataclasses import replace
+
+    from models.bases import load_components
+    from models.lora import TEMPORAL
+    from utils.toy_world import transfer
+    from utils.toy_world.experiment import Sampling
+
+    components = load_components(str(tiny_model_dir))
+    every = components.lora_targets(TEMPORAL)
+    up = transfer.temporal_targets(components, ("up_blocks",))
+    assert up and set(up) < set(every) and all(name.startswith("up_blocks.") for name in up)
+    assert transfer.temporal_targets(components, transfer.TEMPORAL_LAYER_GROUPS) == every
+    drawn, injected = [], []
+    original_draw, original_targets = transfer.TimestepRange.draw_timesteps, transfer.temporal_targets
+
+    def recording_draw(self, scheduler, batch, device):
+        drawn.append(original_draw(self, scheduler, batch, device))
+        return drawn[-1]
+
+    def recording_targets(components, groups):
+        injected.extend(original_targets(components, groups))
+        return injected
+
+    monkeypatch.setattr(transfer.TimestepRange, "draw_timesteps", recording_draw)
+    monkeypatch.setattr(transfer, "temporal_targets", recording_targets)
+    recipe = transfer.Recipe(steps=3, temporal_layers=("up_blocks",), timesteps=(900, 1000), rank=2, caption="new_word")
+    result = transfer.run_recipe(tiny_model_dir, "zigzag", recipe, Sampling(seeds=(0,), num_steps=2, subjects=2))
+    assert injected == up and len(drawn) == 3 and all(900 <= int(t) < 1000 for t in torch.cat(drawn))
+    assert result["new"]["clips"] == 2 and result["reference"]["clips"] == 1
+    assert result["reference_both_paths"]["clips"] == 1 and 0.0 <= result["new"]["hit_rate"] <= 1.0
+    assert set(result["layout"]) == {"new", "reference"} and all(d >= 0 for d in result["layout"].values())
+    assert replace(recipe, caption="family").prompt("circle", "red", "zigzag") == "a red circle moving right"
+    assert recipe.prompt("circle", "red", "zigzag") == "a red circle zigzagging"
+    assert replace(recipe, caption="random_subject").prompt("circle", "red", "zigzag") == "a red circle moving right"
+    with pytest.raises(ValueError, match="unknown caption kind"):
+        replace(recipe, caption="zig").prompt("circle", "red", "zigzag")

@@ -34,7 +34,8 @@ def _pretrain(args) -> None:
     settings = PretrainSettings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                                 time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
                                 zero_terminal_snr=args.zero_terminal_snr, v_prediction=args.v_prediction,
-                                start_spread=spread, binding_steps=args.binding_steps)
+                                start_spread=spread, binding_steps=args.binding_steps,
+                                vocabulary_steps=args.vocabulary_steps, init_from=args.init_from)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -44,15 +45,16 @@ def _sample(args) -> None:
     from pathlib import Path
 
     from utils.toy_world import world
-    from utils.toy_world.evaluate import evaluate, parse_caption
+    from utils.toy_world.evaluate import evaluate, parse_caption, rendered_spread
 
     torch.set_num_threads(args.threads)
     if args.prompt:
         combos = [parse_caption(p) for p in args.prompt]
     else:
-        combos = world.all_combinations(world.BASE_MOTIONS)
+        combos = world.all_combinations(world.BASE_MOTIONS if args.straight else world.FAMILIES)
     report = evaluate(args.model, combos, args.samples, args.steps, args.guidance_scale,
                       video_dir=args.out_dir)
+    report["summary"]["rendered_spread"] = rendered_spread()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.out_dir) / "scores.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf8")
     print(json.dumps(report["summary"], indent=1))
@@ -76,49 +78,56 @@ def _score(args) -> None:
 
 
 def _experiment(args) -> None:
-    import json
     from pathlib import Path
 
     import imageio.v3 as iio
 
-    from utils.toy_world.experiment import Sampling, format_table, frame_strips, run_experiment, summarize_rows
+    from utils.toy_world.experiment import Sampling, frame_strips, run_experiment
+    from utils.toy_world.table import write_tables
 
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     sampling = Sampling(seeds=tuple(range(args.sample_seeds)), subjects=args.subjects)
     rows = run_experiment(args.model, out, args.motion, args.modes, args.train_seeds, args.steps, sampling,
                           args.variants, overrides=tuple(args.set))
-    summary = summarize_rows(rows)
     out.mkdir(parents=True, exist_ok=True)
-    plain = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
-    (out / "table.json").write_text(json.dumps({"summary": summary, "rows": plain}, indent=1) + "\n", encoding="utf8")
-    (out / "table.md").write_text(format_table(summary) + "\n", encoding="utf8")
+    print(write_tables([{k: v for k, v in r.items() if k != "samples"} for r in rows], out / "table.json"))
     for motion in args.motion:
         iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0]))
-    print(format_table(summary))
 
 
 def _table(args) -> None:
     import json
     from pathlib import Path
 
-    from utils.toy_world.experiment import format_table, summarize_rows
+    from utils.toy_world.table import format_differences, format_table, paired_differences, summarize_rows, write_tables
 
-    rows = [row for path in args.tables for row in json.loads(Path(path).read_text(encoding="utf8"))["rows"]]
-    summary = summarize_rows(rows)
+    rows = []
+    for path in map(Path, args.tables):
+        text = path.read_text(encoding="utf8")
+        rows += [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)["rows"]
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n", encoding="utf8")
-    print(format_table(summary))
+        print(write_tables(rows, args.out))
+        return
+    print(format_table(summarize_rows(rows)) + "\n\n" + format_differences(paired_differences(rows)))
 
 
 def _compare(args) -> None:
     from utils.toy_world.compare import compare_videos
 
-    scores = compare_videos(args.reference, args.prompt, args.base, args.motiondirector, args.out_dir)
+    scores = compare_videos(args.reference, args.prompt, args.base, args.motiondirector, args.out_dir, args.motion,
+                            args.strip_pairs)
     for name in ("base", "motiondirector"):
         s = scores[name]
         print(f"{name:>14}: motion fidelity {s['motion_fidelity']:6.1f}  trajectory distance "
               f"{s['trajectory_distance_px']:5.1f} px  appearance {s['appearance_accuracy']:.1f}  ({s['video']})")
+    if "summary" in scores:
+        summary = scores["summary"]
+        print(f"over {summary['n_videos']} videos each ({summary['motion']}):")
+        for name in ("base", "motiondirector"):
+            s = summary[name]
+            print(f"{name:>14}: hit rate {s['hit_rate']:.2f}  trajectory distance {s['trajectory_distance_px']:5.1f} px  "
+                  f"motion fidelity {s['motion_fidelity']:6.1f}  appearance {s['appearance_accuracy']:.2f}")
     print(f"wrote {args.out_dir}/scores.json and {args.out_dir}/strip.png")
 
 
@@ -152,6 +161,45 @@ def _probe(args) -> None:
     print(json.dumps({"caption_reliance": caption_reliance(args.model), "order_use": order_use(args.model)}, indent=1))
 
 
+def _recipe_value(key: str, text: str):
+    """A Recipe field's value from the command line: "500:1000" for timesteps, "up_blocks+mid_block"
+    for temporal_layers, true/false for the flags."""
+    from utils.errors import UserError
+    from utils.toy_world.transfer import TEMPORAL_LAYER_GROUPS, Recipe
+
+    if not hasattr(Recipe(), key):
+        raise UserError(f"unknown recipe key {key!r}; use one of {sorted(Recipe.__dataclass_fields__)}")
+    kind = type(getattr(Recipe(), key))
+    if key == "timesteps":
+        low, high = text.split(":")
+        return int(low), int(high)
+    if key == "temporal_layers":
+        groups = tuple(text.split("+"))
+        unknown = set(groups) - set(TEMPORAL_LAYER_GROUPS)
+        if unknown:
+            raise UserError(f"unknown temporal layer groups {sorted(unknown)}; use {'+'.join(TEMPORAL_LAYER_GROUPS)}")
+        return groups
+    if kind is bool:
+        return text.lower() in ("1", "true", "yes")
+    return kind(text)
+
+
+def _transfer(args) -> None:
+    from utils.toy_world.experiment import Sampling
+    from utils.toy_world.transfer import Recipe, one_factor_recipes, run_sweep
+
+    torch.set_num_threads(args.threads)
+    baseline = Recipe(**{key: _recipe_value(key, value) for key, value in (item.split("=", 1) for item in args.set)})
+    variations = {}
+    for item in args.vary:
+        key, values = item.split("=", 1)
+        variations[key] = [_recipe_value(key, v) for v in values.split(",")]
+    sampling = Sampling(seeds=tuple(range(args.sample_seeds)), num_steps=args.num_steps, subjects=args.subjects)
+    results = run_sweep(args.model, args.out, args.motion, one_factor_recipes(baseline, variations), args.train_seeds,
+                        sampling)
+    print(f"{len(results)} results in {args.out}")
+
+
 def _binding(args) -> None:
     import json
 
@@ -163,7 +211,7 @@ def _binding(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.toy_world.experiment import MODES, VARIANTS
+    from utils.toy_world.experiment import DEFAULT_MOTIONS, MODES, VARIANTS
     from utils.toy_world.world import NEW_MOTIONS
 
     parser = argparse.ArgumentParser(prog="python -m utils.toy_world", description=__doc__)
@@ -186,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--binding-steps", type=int, default=2000,
                      help="UNet steps on one subject's four directions at t >= 500 before the main steps, "
                           "to bind the direction words (default 2000; 0 skips)")
+    pre.add_argument("--vocabulary-steps", type=int, default=2000,
+                     help="UNet steps on every caption's family of paths after the main steps (v2; default 2000; "
+                          "0: the v1 base, straight lines only)")
+    pre.add_argument("--init-from", default=None, metavar="BASE",
+                     help="take the VAE, text encoder and the UNet after the main stage from this pipeline "
+                          "folder (e.g. models/toy_world_base, the v1 base) and run only the vocabulary stage")
     pre.add_argument("--time-budget", type=float, default=None,
                      help="stop after this many minutes (resumable: run again to continue)")
     pre.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -202,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="sample world prompts with the project's sampler and score them")
     sample.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
     sample.add_argument("out_dir", help="folder for the clips and scores.json")
-    sample.add_argument("--prompt", action="append", help="a world caption (repeatable; default: all base prompts)")
+    sample.add_argument("--prompt", action="append",
+                        help="a world caption (repeatable; default: every shape x colour x family, 72 prompts)")
+    sample.add_argument("--straight", action="store_true",
+                        help="by default, the v1 gate's 60 prompts instead (left, right, up, down, still)")
     sample.add_argument("--samples", type=int, default=2, help="clips per prompt (default 2)")
     sample.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     sample.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
@@ -237,11 +294,34 @@ def build_parser() -> argparse.ArgumentParser:
     bind.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     bind.set_defaults(run=_binding)
 
-    cmp = commands.add_parser("compare", help="score a base and a MotionDirector video against the reference clip")
+    tr = commands.add_parser("transfer", help="what decides whether a learned motion reaches new subjects: "
+                                              "one factor of the LoRA recipe at a time (JSON lines)")
+    tr.add_argument("model", help="the base pipeline folder")
+    tr.add_argument("out", help="JSON-lines file the results are appended to (finished ones are skipped)")
+    tr.add_argument("--motion", nargs="+", default=["zigzag", "circling"], choices=NEW_MOTIONS,
+                    help="target motions (default: zigzag circling)")
+    tr.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="the baseline recipe (utils.toy_world.transfer.Recipe fields), e.g. rank=4 timesteps=500:1000 "
+                         "temporal_layers=mid_block+up_blocks caption=new_word spatial=false mode=multi")
+    tr.add_argument("--vary", nargs="+", default=[], metavar="KEY=V1,V2",
+                    help="factors varied one at a time around the baseline, e.g. rank=2,32 timesteps=500:1000,0:500")
+    tr.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    tr.add_argument("--subjects", type=int, default=4, help="new subjects (default 4)")
+    tr.add_argument("--sample-seeds", type=int, default=2, help="samples per subject (default 2)")
+    tr.add_argument("--num-steps", type=int, default=20, help="DDIM steps (default 20)")
+    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    tr.set_defaults(run=_transfer)
+
+    cmp = commands.add_parser("compare", help="score base and MotionDirector videos against the reference clip")
     cmp.add_argument("reference", help="the reference clip (mp4)")
-    cmp.add_argument("--prompt", required=True, help="the world caption both videos were generated from")
-    cmp.add_argument("--base", required=True, help="video of the base model (no LoRA, or LoRA scale 0)")
-    cmp.add_argument("--motiondirector", required=True, help="video with the trained temporal LoRA")
+    cmp.add_argument("--prompt", default=None,
+                     help="the world caption the videos were generated from (default: read from each file name)")
+    cmp.add_argument("--motion", default=None, choices=NEW_MOTIONS,
+                     help="the target motion to measure the trajectory against (default: the prompt's)")
+    cmp.add_argument("--base", required=True, nargs="+", help="videos of the base model (no LoRA, or LoRA scale 0)")
+    cmp.add_argument("--motiondirector", required=True, nargs="+",
+                     help="videos with the trained temporal LoRA, same prompts and seeds as --base, in order")
+    cmp.add_argument("--strip-pairs", type=int, default=1, help="base/MotionDirector pairs drawn in strip.png (default 1)")
     cmp.add_argument("--out-dir", required=True, help="folder for scores.json and strip.png")
     cmp.set_defaults(run=_compare)
 
@@ -257,13 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("experiment", help="base, MotionDirector and its ablations on new motions (a table)")
     exp.add_argument("model", help="the base pipeline folder")
     exp.add_argument("out_dir", help="folder for the training runs, table.json, table.md and strips_<motion>.png")
-    exp.add_argument("--motion", nargs="+", default=list(NEW_MOTIONS), choices=NEW_MOTIONS,
-                     help="new motions (default: all)")
+    exp.add_argument("--motion", nargs="+", default=list(DEFAULT_MOTIONS), choices=NEW_MOTIONS,
+                     help="target motions (default: zigzag circling growing)")
     exp.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                      help="single (one reference clip) and/or multi (three); default both")
     exp.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                      help="training variants (default: all)")
-    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    exp.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                     help="training seeds (default 0 1 2 3 4)")
     exp.add_argument("--sample-seeds", type=int, default=2, help="samples per new subject (default 2)")
     exp.add_argument("--subjects", type=int, default=6, help="new subjects per motion (default 6)")
     exp.add_argument("--steps", type=int, default=600, help="MotionDirector training steps (default 600)")
@@ -273,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=_experiment)
 
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")
-    table.add_argument("tables", nargs="+", help="table.json files written by experiment")
-    table.add_argument("--out", help="write the merged rows and summary to this JSON file")
+    table.add_argument("tables", nargs="+", help="table.json (or rows.jsonl, written row by row) files of experiment runs")
+    table.add_argument("--out", help="write the merged rows, summary and differences to this JSON file "
+                                     "(and the tables to the same name with .md)")
     table.set_defaults(run=_table)
     return parser
 
@@ -286,4 +368,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -18,9 +18,10 @@ from utils.toy_world import world
 
 BASE = ZeroScopeBase()
 
-# Whole-word tokens for every word of the captions, so a prompt is a handful of token ids.
-WORDS = tuple(sorted({w for m in world.MOTION_PHRASES.values() for w in m.split()}
-                     | set(world.COLORS) | set(world.SHAPES) | {"a"}))
+# Whole-word tokens for every word of the captions, so a prompt is a handful of token ids. Fixed
+# (v1's list): the token ids, and so the seeded text encoder's states, stay those of the shipped bases.
+WORDS = ("a", "blue", "bouncing", "circle", "down", "green", "growing", "in", "left", "moving", "red", "right",
+         "square", "standing", "still", "triangle", "up", "yellow", "zigzagging")
 
 UNET_CONFIG = dict(
     sample_size=world.SIZE // 8,

@@ -10,6 +10,7 @@ ends with it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,15 @@ from utils.evaluation.inputs import read_video
 from utils.evaluation.motion_fidelity import motion_fidelity
 from utils.toy_world.evaluate import parse_caption
 from utils.toy_world.score import score_clip
-from utils.toy_world.world import without_clocks
+from utils.toy_world.world import NEW_MOTIONS, without_clocks
 
 
-def video_scores(video: str | Path, reference: np.ndarray, prompt: str) -> dict:
-    """Motion fidelity (eval's score, percent, and the detector's trajectory distance to the
-    prompt's motion) and appearance accuracy (share of colour and shape right) of one video."""
-    shape, color, motion = parse_caption(prompt)
+def video_scores(video: str | Path, reference: np.ndarray, prompt: str, motion: str | None = None) -> dict:
+    """Motion fidelity (eval's score, percent, and the detector's trajectory distance to `motion`,
+    default the prompt's) and appearance accuracy (share of colour and shape right) of one video."""
+    shape, color, prompted = parse_caption(prompt)
     frames = read_video(Path(video))
-    score = score_clip(frames, shape, color, motion)
+    score = score_clip(frames, shape, color, motion or prompted)
     return {
         "video": str(video),
         "motion_fidelity": round(float(motion_fidelity(without_clocks(frames), without_clocks(reference))), 2),
@@ -46,28 +47,53 @@ def strip(clips: list[np.ndarray], scale: int = 2) -> np.ndarray:
     return picture.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def compare_videos(reference: str | Path, prompt: str, base_video: str | Path, md_video: str | Path,
-                   out_dir: str | Path) -> dict:
+def prompt_of(video: str | Path) -> str:
+    """The prompt an inference script generated `video` from: its name without the seed."""
+    return re.sub(r"_\d+(_b\d+)?$", "", Path(video).stem).replace("_", " ")
+
+
+def summary_of(scored: list[dict]) -> dict:
+    from utils.toy_world.experiment import CLOSE_ENOUGH
+
+    distances = np.array([s["trajectory_distance_px"] for s in scored])
+    return {"hit_rate": float((distances < CLOSE_ENOUGH).mean()), "trajectory_distance_px": round(float(distances.mean()), 2),
+            "motion_fidelity": round(float(np.mean([s["motion_fidelity"] for s in scored])), 2),
+            "appearance_accuracy": round(float(np.mean([s["appearance_accuracy"] == 1.0 for s in scored])), 3)}
+
+
+def compare_videos(reference: str | Path, prompt: str | None, base_videos, md_videos, out_dir: str | Path,
+                   motion: str | None = None, strip_pairs: int = 1) -> dict:
+    """Score the pairs (see the module doc); a single video each may be given as a path."""
     import imageio.v3 as iio
 
+    base_videos = [base_videos] if isinstance(base_videos, (str, Path)) else list(base_videos)
+    md_videos = [md_videos] if isinstance(md_videos, (str, Path)) else list(md_videos)
+    if len(base_videos) != len(md_videos):
+        raise ValueError(f"{len(base_videos)} base videos but {len(md_videos)} MotionDirector ones: give them in pairs")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reference_frames = read_video(Path(reference))
-    scores = {
-        "reference": str(reference),
-        "prompt": prompt,
-        "base": video_scores(base_video, reference_frames, prompt),
-        "motiondirector": video_scores(md_video, reference_frames, prompt),
-    }
+    prompts = [prompt or prompt_of(video) for video in base_videos]
+    scored = {name: [video_scores(v, reference_frames, p, motion) for v, p in zip(videos, prompts)]
+              for name, videos in (("base", base_videos), ("motiondirector", md_videos))}
+    scores = {"reference": str(reference), "prompt": prompts[0], "base": scored["base"][0],
+              "motiondirector": scored["motiondirector"][0]}
+    if len(base_videos) > 1:
+        scores["summary"] = {"n_videos": len(base_videos), "motion": motion or parse_caption(prompts[0])[2],
+                             "base": summary_of(scored["base"]), "motiondirector": summary_of(scored["motiondirector"])}
     (out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n", encoding="utf8")
-    iio.imwrite(out / "strip.png", strip([reference_frames, read_video(Path(base_video)), read_video(Path(md_video))]))
+    rows = [reference_frames]
+    for base_video, md_video in list(zip(base_videos, md_videos))[:strip_pairs]:
+        rows += [read_video(Path(base_video)), read_video(Path(md_video))]
+    iio.imwrite(out / "strip.png", strip(rows))
     return scores
 
 
 def vae_round_trip(model_dir: str | Path, clips: list[Path], seed: int = 0) -> list[dict]:
-    """The trajectory distance to its caption's motion of each clip as read from the file and
-    after the base's VAE encode and decode (the latents sampled from the posterior with `seed`):
-    how much of a motion the VAE alone loses."""
+    """The trajectory distance to its motion of each clip as read from the file and after the
+    base's VAE encode and decode (the latents sampled from the posterior with `seed`): how much of
+    a motion the VAE alone loses. A target's reference clip is captioned with its family ("moving
+    right" for the zig-zag), so the motion is read from the file name where it names a target."""
     import torch
 
     from models.bases import load_components
@@ -76,6 +102,8 @@ def vae_round_trip(model_dir: str | Path, clips: list[Path], seed: int = 0) -> l
     rows = []
     for clip in clips:
         shape, color, motion = parse_caption(Path(clip).with_suffix(".txt").read_text(encoding="utf8"))
+        named = Path(clip).stem.split("_")[2:3]
+        motion = named[0] if named and named[0] in NEW_MOTIONS else motion
         frames = read_video(Path(clip))
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0
         torch.manual_seed(seed)

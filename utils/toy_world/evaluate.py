@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from utils.toy_world import world
-from utils.toy_world.score import ClipScore, score_clip, summarize
+from utils.toy_world.score import ClipScore, path_spread, score_clip, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,19 @@ def evaluate(model_dir: str | Path, combos: list[tuple[str, str, str]], samples_
                 write_video(Path(video_dir) / f"{prompt.replace(' ', '_')}_{n}.mp4", clip, world.FPS)
     summary = summarize(scores)
     summary.update(sampling_seconds=round(time.time() - started, 1), num_steps=num_steps,
-                   guidance_scale=guidance_scale, samples_per_prompt=samples_per_prompt)
+                   guidance_scale=guidance_scale, samples_per_prompt=samples_per_prompt,
+                   spread=path_spread(scores, [m for _, _, m in combos for _ in range(samples_per_prompt)]))
     logger.info("colour %.3f  shape %.3f  motion %.3f  over %d clips", summary["color_accuracy"],
                 summary["shape_accuracy"], summary["motion_accuracy"], summary["clips"])
     return {"summary": summary, "clips": per_prompt}
+
+
+def rendered_spread(per_caption: int = 2, seed: int = 7) -> dict:
+    """`path_spread` of rendered family members, read by the detector: the spread a base that
+    samples its families faithfully would show (`per_caption` clips of every shape x colour x family)."""
+    specs = world.family_specs(per_caption, seed)
+    scores = [score_clip(world.render(s), s.shape, s.color, s.motion) for s in specs]
+    return path_spread(scores, [s.motion for s in specs])
 
 
 SWAPS = {
@@ -169,7 +178,13 @@ def conditional_layout(model_dir: str | Path, prompts: list[str], timestep: int 
     """
     from models.bases import load_components
 
-    components = load_components(str(model_dir))
+    return layouts_of(load_components(str(model_dir)), prompts, timestep, seeds, guidance_scale)
+
+
+@torch.no_grad()
+def layouts_of(components, prompts: list[str], timestep: int = 999, seeds: int = 8,
+               guidance_scale: float = 1.0) -> dict:
+    """`conditional_layout` with loaded components (and whatever adapters are active on them)."""
     scheduler = components.scheduler
     alpha = scheduler.alphas_cumprod[timestep]
     noise = torch.randn(seeds, 4, world.FRAMES, world.SIZE // 8, world.SIZE // 8,

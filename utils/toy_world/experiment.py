@@ -43,7 +43,6 @@ VARIANTS = {
     "no_debias": ("appearance_debiased_loss=False",),
 }
 NOISE_PRIORS = (0.3, 0.5)  # sampled for MotionDirector on a single clip
-ROW_ORDER = ["base", *VARIANTS] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
 
 
 @dataclass(frozen=True)
@@ -84,11 +83,13 @@ def new_subjects(references: list[tuple[str, str]], count: int | None = None) ->
 
 
 def leaked(score: ClipScore, prompt_subject: tuple[str, str], references: list[tuple[str, str]]) -> bool:
-    """A wrong colour or shape that is a reference subject's: the reference's appearance leaked in."""
-    shape, color = prompt_subject
-    wrong_color = score.color != color and score.color in {c for _, c in references}
-    wrong_shape = score.shape != shape and score.shape in {s for s, _ in references}
-    return wrong_color or wrong_shape
+    """The clip shows a reference subject (its exact shape and colour) instead of the prompt's.
+
+    Only the exact pair counts: with three references covering every shape and three of four
+    colours, counting any reference colour or shape made every appearance error a leak.
+    """
+    drawn = (score.shape, score.color)
+    return drawn != tuple(prompt_subject) and drawn in {tuple(r) for r in references}
 
 
 def data_overrides(motion: str, mode: str) -> list[str]:
@@ -136,16 +137,18 @@ def sampling_model(base: Path, run: Path | None, noise_prior: float = 0.0):
     return components, prior
 
 
-def sample_subjects(model, motion: str, subjects, sampling: Sampling,
-                    noise_prior: float = 0.0) -> tuple[list[tuple[tuple, int, np.ndarray]], float]:
+def sample_subjects(model, motion: str, subjects, sampling: Sampling, noise_prior: float = 0.0,
+                    phrase: str | None = None) -> tuple[list[tuple[tuple, int, np.ndarray]], float]:
     """((shape, colour), seed, clip) of every subject doing `motion`, sampled with `model`
-    (`sampling_model`) and the noise prior; and the sampling seconds."""
+    (`sampling_model`) and the noise prior; and the sampling seconds. The prompt is the motion's
+    caption, or "a <colour> <shape> <phrase>"."""
     from utils.inference.generate import GenerationSettings, inverted_for, sample_video
 
     components, prior = model
     started, clips = time.time(), []
     for shape, color in subjects:
-        settings = GenerationSettings(prompt=world.caption(shape, color, motion), width=world.SIZE,
+        prompt = world.caption(shape, color, motion) if phrase is None else f"a {color} {shape} {phrase}"
+        settings = GenerationSettings(prompt=prompt, width=world.SIZE,
                                       height=world.SIZE, num_frames=world.FRAMES, num_steps=sampling.num_steps,
                                       guidance_scale=sampling.guidance_scale, noise_prior=noise_prior)
         for seed in sampling.seeds:
@@ -181,19 +184,25 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
     }
 
 
-def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTIONS, modes=MODES,
-                   train_seeds=(0, 1, 2), steps: int = 600, sampling: Sampling = Sampling(),
+DEFAULT_MOTIONS = ("zigzag", "circling", "growing")  # two family members and a held-out motion
+
+
+def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTIONS, modes=MODES,
+                   train_seeds=(0, 1, 2, 3, 4), steps: int = 600, sampling: Sampling = Sampling(),
                    variants=tuple(VARIANTS), keep_clips: bool = True, overrides: tuple[str, ...] = ()) -> list[dict]:
     """Every row for every motion, mode and training seed (the base once per motion and mode).
 
     `overrides` (config key=value, e.g. "lora_rank=32") go to every training run, after the variant's.
 
     Each row dict carries motion, mode, seed (None for the base), the scores and, when
-    `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable).
+    `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable). Each row
+    is also appended to `out_dir`/rows.jsonl as it is scored (`python -m utils.toy_world table` reads
+    it), so that an interrupted experiment keeps what it measured.
     """
     from utils.evaluation.inputs import read_video
 
     base, out_dir = Path(base).resolve(), Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for motion in motions:
         reference_frames = read_video(reference_clip(motion))
@@ -210,14 +219,16 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTI
                 row.update(motion=motion, mode=mode, seed=seed, reference_subject_distance=mean_distance(own, motion),
                            **({"samples": clips} if keep_clips else {}))
                 rows.append(row)
+                with (out_dir / "rows.jsonl").open("a", encoding="utf8") as file:  # survives an interruption
+                    file.write(json.dumps({k: v for k, v in row.items() if k != "samples"}) + "\n")
                 logger.info("%s %s %s seed %s: distance %.2f px (reference subjects %.2f px), fidelity %.3f, "
                             "appearance %.2f, leakage %.2f", motion, mode, name, seed, row["trajectory_distance"],
                             row["reference_subject_distance"], row["motion_fidelity"], row["appearance_accuracy"],
                             row["leakage"])
 
             add("base", None, None, 0.0)
-            for variant in variants:
-                for seed in train_seeds:
+            for seed in train_seeds:  # seed by seed: an interrupted run still has whole pairs
+                for variant in variants:
                     run, train_s = train_motiondirector(base, motion, seed, steps,
                                                         out_dir / motion / mode / f"{variant}_seed{seed}",
                                                         (*VARIANTS[variant], *overrides), mode)
@@ -226,47 +237,6 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=world.NEW_MOTI
                         for prior in NOISE_PRIORS:
                             add(f"motiondirector_np{prior}", seed, run, train_s, prior)
     return rows
-
-
-SCORE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
-              "reference_subject_distance", "train_s", "sample_s")
-
-
-def summarize_rows(rows: list[dict]) -> list[dict]:
-    """One line per (mode, row): each score averaged over motions within a training seed, then
-    mean and standard deviation over the seeds (the base has one value: no seed)."""
-    summary = []
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        for name in [n for n in ROW_ORDER if any(r["row"] == n and r["mode"] == mode for r in rows)]:
-            picked = [r for r in rows if r["row"] == name and r["mode"] == mode]
-            seeds = list(dict.fromkeys(r["seed"] for r in picked))
-            line = {"mode": mode, "row": name, "seeds": len([s for s in seeds if s is not None]),
-                    "motions": len({r["motion"] for r in picked})}
-            for key in [k for k in SCORE_KEYS if all(k in r for r in picked)]:
-                per_seed = [np.mean([r[key] for r in picked if r["seed"] == s]) for s in seeds]
-                line[key] = float(np.mean(per_seed))
-                line[f"{key}_std"] = float(np.std(per_seed))
-            summary.append(line)
-    return summary
-
-
-def format_table(summary: list[dict]) -> str:
-    headers = ["mode", "row", "trajectory px ↓", "hit rate ↑", "motion fidelity ↑", "appearance ↑", "leakage ↓",
-               "reference subject px ↓", "train s", "sample s", "seeds"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for line in summary:
-        cells = [line["mode"], line["row"]]
-        for key, digits in (("trajectory_distance", 2), ("motion_hit_rate", 2), ("motion_fidelity", 1),
-                            ("appearance_accuracy", 2), ("leakage", 2), ("reference_subject_distance", 2),
-                            ("train_s", 0), ("sample_s", 0)):
-            if key not in line:  # rows of a run from before the column existed
-                cells.append("")
-                continue
-            spread = f" ± {line[key + '_std']:.{digits}f}" if line["seeds"] > 1 and key not in ("train_s", "sample_s") else ""
-            cells.append(f"{line[key]:.{digits}f}{spread}")
-        cells.append(str(line["seeds"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def frame_strips(rows: list[dict], motion: str, names=("base", "motiondirector", "coupled"), mode: str = "single",

@@ -1,5 +1,10 @@
 """Pretraining the toy world's base model from scratch, on a CPU: the VAE, then the UNet.
 
+The UNet has three stages: binding (one subject's four straight directions), main (the v1 world:
+straight lines) and vocabulary (v2: every caption's family of paths, `world.FAMILIES`). The v1 base
+is the state after the main stage; `init_from` takes it from a pipeline folder instead of training
+it again, and the vocabulary stage then starts from its (EMA) weights exactly as it would have.
+
 The result is a ZeroScope-architecture pipeline folder in the diffusers layout (UNet3DCondition
 Model, AutoencoderKL, CLIPTextModel + CLIPTokenizer, DDIM scheduler), loadable by every script
 of the project. The text encoder stays frozen at its random initialisation: distinct prompts
@@ -13,8 +18,10 @@ same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +80,15 @@ class PretrainSettings:
     # Of each main batch, this many are centred clips of the BINDING_SUBJECTS (four directions and
     # still) at t >= binding_min_t: without them the main stage unbound the words again (gate 50%).
     rehearsal_per_batch: int = 4
+    # Vocabulary stage (v2), after the main stage: every caption covers a family of paths (a random
+    # `world.Member` per clip), from the main stage's EMA weights, a fresh optimizer and EMA, its
+    # own warm-up and cosine learning rate. 0 skips it (the v1 base).
+    vocabulary_steps: int = 0
+    vocabulary_lr: float = 5e-4
+    clips_per_family_caption: int = 48  # clips of each shape x colour x family
+    # A pipeline folder whose VAE, text encoder, tokenizer and UNet stand for the stages before
+    # the vocabulary stage (e.g. models/toy_world_base, the v1 base: this recipe's main stage).
+    init_from: str | None = None
 
     def __post_init__(self):
         if not 0 <= self.rehearsal_per_batch < self.unet_batch:
@@ -80,8 +96,12 @@ class PretrainSettings:
                              f"{self.unet_batch})")
 
     @property
-    def total_unet_steps(self) -> int:
+    def vocabulary_start(self) -> int:
         return self.binding_steps + self.unet_steps
+
+    @property
+    def total_unet_steps(self) -> int:
+        return self.vocabulary_start + self.vocabulary_steps
 
     @property
     def scheduler_config(self) -> dict:
@@ -98,7 +118,8 @@ class PretrainSettings:
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """The RNG of one training step: a function of (seed, stage, step) only, so resuming is exact."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 17, "unet": 29, "binding": 31}[stage] * 100_003 + step)
+    stages = {"vae": 17, "unet": 29, "binding": 31, "vocabulary": 37}
+    return torch.Generator().manual_seed(seed * 1_000_003 + stages[stage] * 100_003 + step)
 
 
 def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
@@ -165,6 +186,9 @@ def train_vae(out: Path, settings: PretrainSettings, deadline: float) -> bool:
 
     if (out / "vae" / "config.json").is_file():
         return True
+    if settings.init_from:
+        shutil.copytree(Path(settings.init_from) / "vae", out / "vae")
+        return True
     ckpt_path = out / "checkpoints" / "vae.pt"
     torch.manual_seed(settings.seed + 2)
     vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=1.0)
@@ -221,6 +245,25 @@ def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
     return data
 
 
+def encode_family_dataset(out: Path, settings: PretrainSettings) -> dict:
+    """Scaled VAE latents and caption index of every vocabulary-stage clip (a random member of its
+    caption's family each), cached on disk."""
+    cache = out / "checkpoints" / "family_latents.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    specs = world.family_specs(settings.clips_per_family_caption, settings.seed + 5, settings.start_spread)
+    captions = sorted({s.caption for s in specs})
+    latents = [clip_latents(vae, specs[chunk:chunk + 16]) for chunk in range(0, len(specs), 16)]
+    data = {"latents": torch.cat(latents), "captions": captions,
+            "caption_index": torch.tensor([captions.index(s.caption) for s in specs])}
+    save_checkpoint(cache, data)
+    logger.info("encoded %d vocabulary clips (%d captions)", len(specs), len(captions))
+    return data
+
+
 def unet_loss(unet, scheduler, latents, context, gen: torch.Generator,
               min_t: int | torch.Tensor = 0) -> torch.Tensor:
     """The diffusion loss at random timesteps, each clip's drawn from [its min_t, T)."""
@@ -267,35 +310,42 @@ def new_optimizer(unet, settings: PretrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=1e-2)
 
 
-def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
-    """Train (or resume) the UNet: the binding stage, then the main stage on every encoded clip.
+def initial_unet(out: Path, settings: PretrainSettings):
+    """(UNet, optimizer, EMA state, step): from the checkpoint, from `init_from` (at the start of
+    the vocabulary stage), or fresh."""
+    from diffusers import UNet3DConditionModel
 
-    Returns True when it has all its steps.
-    """
-    from diffusers import DDPMScheduler, UNet3DConditionModel
-
-    data = encode_dataset(out, settings)
-    embeddings = caption_embeddings(out, data["captions"])
-    scheduler = DDPMScheduler.from_config(settings.scheduler_config)
-    ckpt_path = out / "checkpoints" / "unet.pt"
     torch.manual_seed(settings.seed)
     unet = UNet3DConditionModel(**UNET_CONFIG)
     optimizer = new_optimizer(unet, settings)
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     step = 0
-    if (ckpt := load_checkpoint(ckpt_path)) is not None:
+    if (ckpt := load_checkpoint(out / "checkpoints" / "unet.pt")) is not None:
         unet.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        ema, step = ckpt["ema"], ckpt["step"]
+        return unet, optimizer, ckpt["ema"], ckpt["step"]
+    if settings.init_from:
+        unet = UNet3DConditionModel.from_pretrained(Path(settings.init_from) / "unet")
+        step = settings.vocabulary_start
+    return unet, optimizer, {k: v.detach().clone() for k, v in unet.state_dict().items()}, step
+
+
+def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
+    """Train (or resume) the UNet: the binding stage, the main stage on every encoded clip, then
+    the vocabulary stage. Returns True when it has all its steps."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(settings.scheduler_config)
+    unet, optimizer, ema, step = initial_unet(out, settings)
     unet.train()
     rehearsal = centred_clips(out, BINDING_SUBJECTS, DIRECTIONS + ("still",))
     # the binding clips are the first subject's four directions, the first four rehearsal clips
     binding = tuple(part[: len(DIRECTIONS)] for part in rehearsal)
+    main = vocabulary = None
     started, recent = time.time(), []
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "ema": ema, "step": step})
+        save_checkpoint(out / "checkpoints" / "unet.pt", {"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
+                                                          "ema": ema, "step": step})
         save_unet(out, unet, ema)
         mark_complete(out)
 
@@ -304,21 +354,34 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
         if step == settings.binding_steps > 0:  # the main stage starts afresh from the bound UNet
             optimizer = new_optimizer(unet, settings)
             ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+        if step == settings.vocabulary_start:  # from the main stage's product: its EMA weights
+            unet.load_state_dict(ema)
+            optimizer = new_optimizer(unet, settings)
         if step < settings.binding_steps:
             loss = binding_step(unet, optimizer, scheduler, binding, settings, step)
-        else:
-            loss = main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings,
-                             step - settings.binding_steps)
+        elif step < settings.vocabulary_start:
+            main = main or stage_data(out, settings, encode_dataset)
+            loss = main_step(unet, optimizer, scheduler, *main, rehearsal, settings, step - settings.binding_steps)
             update_ema(ema, unet, step - settings.binding_steps, settings.ema_decay)
+        else:
+            vocabulary = vocabulary or stage_data(out, settings, encode_family_dataset)
+            loss = vocabulary_step(unet, optimizer, scheduler, *vocabulary, settings, step - settings.vocabulary_start)
+            update_ema(ema, unet, step - settings.vocabulary_start, settings.ema_decay)
         step += 1
         recent.append(loss)
-        if step % settings.checkpoint_every == 0 or step in (settings.binding_steps, total):
+        if step % settings.checkpoint_every == 0 or step in (settings.binding_steps, settings.vocabulary_start, total):
             logger.info("unet step %d/%d  loss %.4f  (%.2f s/step)%s", step, total,
                         float(np.mean(recent[-settings.checkpoint_every:])), (time.time() - started) / len(recent),
                         binding_report(unet, scheduler, binding))
             checkpoint()
     checkpoint()
     return step >= total
+
+
+def stage_data(out: Path, settings: PretrainSettings, encode) -> tuple[dict, torch.Tensor]:
+    """A stage's encoded clips and the caption states of their captions (+ the empty prompt)."""
+    data = encode(out, settings)
+    return data, caption_embeddings(out, data["captions"])
 
 
 def binding_step(unet, optimizer, scheduler, clips, settings: PretrainSettings, step: int) -> float:
@@ -366,6 +429,21 @@ def main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings:
     return loss.item()
 
 
+def vocabulary_step(unet, optimizer, scheduler, data, embeddings, settings: PretrainSettings, step: int) -> float:
+    """One step on random family clips; warm-up and cosine learning rate from `vocabulary_lr`."""
+    gen = step_generator(settings.seed, "vocabulary", step)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, settings.vocabulary_lr, settings.warmup_steps, settings.vocabulary_steps)
+    latents, context = unet_batch(data, embeddings, settings.unet_batch, settings.uncond_prob, gen)
+    loss = unet_loss(unet, scheduler, latents, context, gen)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def update_ema(ema: dict, unet, step: int, decay: float) -> None:
     # EMA warms up (decay grows with the step) so early weights do not dominate a short run
@@ -377,10 +455,26 @@ def update_ema(ema: dict, unet, step: int, decay: float) -> None:
             ema[name].copy_(value)
 
 
+def copy_text_parts(source: Path, out: Path, scheduler_config: dict) -> None:
+    """Tokenizer and text encoder of the `init_from` base (its schedule must be this run's)."""
+    from utils.errors import UserError
+
+    theirs = json.loads((source / "scheduler" / "scheduler_config.json").read_text(encoding="utf8"))
+    differing = sorted(k for k, v in scheduler_config.items() if theirs.get(k) != v)
+    if differing:
+        raise UserError(f"--init-from {source}: its scheduler differs from this run's in {differing}; "
+                        "pass the schedule options it was pretrained with")
+    for part in ("tokenizer", "text_encoder"):
+        if not (out / part).is_dir():
+            shutil.copytree(source / part, out / part)
+
+
 def pretrain(out_dir: str | Path, settings: PretrainSettings) -> bool:
     """Run (or resume) both stages into `out_dir`; returns True when both are complete."""
     out = Path(out_dir)
     deadline = time.time() + settings.time_budget_s
+    if settings.init_from:
+        copy_text_parts(Path(settings.init_from), out, settings.scheduler_config)
     write_static_parts(out, settings.seed, settings.scheduler_config)
     if not train_vae(out, settings, deadline):
         logger.info("time budget spent during the VAE stage; run the same command again to resume")

@@ -1,8 +1,11 @@
 """Scoring a clip against what its prompt asked for, from the detector's reading.
 
-* motion class (base motions): the straight-line fit of the centre over the frames gives the
+* motion class (the families): a track whose fitted circle it sweeps around by LOOP_SWEEP or more
+  is a "loop"; otherwise the straight-line fit of the centre over the frames gives the
   displacement from first to last frame; under STILL_MAX pixels it is "still", else the
   dominant axis and its sign name the direction;
+* path statistics (how a sample spreads over its family): the wiggle, the RMS distance of the
+  centre from its straight-line fit; a loop's fitted radius and turning direction;
 * trajectory distance (any motion, new ones included): the mean over frames of the distance
   between the read track and the reference track (centre x, y and diameter), both taken
   relative to their own mean centre, so only the motion counts and not where it happens (the
@@ -20,6 +23,8 @@ from utils.toy_world import world
 from utils.toy_world.detector import Reading, read_clip
 
 STILL_MAX = world.TRAVEL / 3  # displacement (pixels) below which a clip counts as still
+LOOP_SWEEP = 1.5 * np.pi  # a loop turns 7/8 of a turn (315 degrees); an arc of the drifts under 180
+LOOP_MIN_RADIUS = 3.0
 MISSING_DISTANCE = float(world.SIZE)  # the distance of a track with frames where no subject shows
 
 
@@ -30,8 +35,11 @@ class ClipScore:
     motion: str | None  # the base motion class of the track
     color_ok: bool
     shape_ok: bool
-    motion_ok: bool  # motion class == the wanted motion (always False for a new motion)
+    motion_ok: bool  # motion class == the wanted motion (a target motion: == its family)
     trajectory_distance: float  # to the wanted motion's reference track, pixels
+    wiggle: float | None = None  # RMS distance from the straight-line fit, pixels
+    loop_radius: float | None = None  # radius and sweep (radians, + clockwise) of the fitted circle
+    loop_sweep: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,11 +55,45 @@ def displacement(track: np.ndarray) -> np.ndarray | None:
     return slope * (len(track) - 1)
 
 
+def line_residual(track: np.ndarray) -> np.ndarray | None:
+    """(seen frames, 2): the centres minus their least-squares line over the frames."""
+    seen = ~np.isnan(track[:, 0])
+    if seen.sum() < 3:
+        return None
+    frames = np.arange(len(track))[seen]
+    slope, intercept = np.polyfit(frames, track[seen, :2], 1)
+    return track[seen, :2] - (np.outer(frames, slope) + intercept)
+
+
+def wiggle(track: np.ndarray) -> float | None:
+    """RMS distance (pixels) of the centre from its straight-line fit: 0 for a straight drift."""
+    residual = line_residual(track)
+    return None if residual is None else float(np.sqrt((residual ** 2).sum(axis=1).mean()))
+
+
+def fit_circle(track: np.ndarray) -> tuple[float, float] | None:
+    """(radius, signed sweep in radians; positive: clockwise on screen) of the circle fitted to
+    the seen centres (algebraic least squares), or None for fewer than 3 centres."""
+    points = track[~np.isnan(track[:, 0]), :2].astype(np.float64)
+    if len(points) < 3:
+        return None
+    x, y = points[:, 0], points[:, 1]
+    design = np.stack([x, y, np.ones_like(x)], axis=1)
+    (a, b, c), *_ = np.linalg.lstsq(design, x ** 2 + y ** 2, rcond=None)
+    cx, cy = a / 2, b / 2
+    radius = float(np.sqrt(max(c + cx ** 2 + cy ** 2, 0.0)))
+    angles = np.unwrap(np.arctan2(y - cy, x - cx))  # image y grows downwards: increasing = clockwise
+    return radius, float(angles[-1] - angles[0])
+
+
 def motion_class(track: np.ndarray) -> str | None:
-    """One of world.BASE_MOTIONS, or None when the subject shows in fewer than 2 frames."""
+    """One of world.FAMILIES, or None when the subject shows in fewer than 2 frames."""
     move = displacement(track)
     if move is None:
         return None
+    circle = fit_circle(track)
+    if circle is not None and circle[0] >= LOOP_MIN_RADIUS and abs(circle[1]) >= LOOP_SWEEP:
+        return "loop"
     dx, dy = move
     if np.hypot(dx, dy) < STILL_MAX:
         return "still"
@@ -75,20 +117,42 @@ def trajectory_distance(track: np.ndarray, reference: np.ndarray) -> float:
 def score_reading(reading: Reading, shape: str, color: str, motion: str) -> ClipScore:
     moved = motion_class(reading.track)
     reference = world.offsets(motion, len(reading.track))
+    circle = fit_circle(reading.track)
     return ClipScore(
         color=reading.color,
         shape=reading.shape,
         motion=moved,
         color_ok=reading.color == color,
         shape_ok=reading.shape == shape,
-        motion_ok=moved == motion,
+        motion_ok=moved == world.TARGET_FAMILY.get(motion, motion),
         trajectory_distance=trajectory_distance(reading.track, reference),
+        wiggle=wiggle(reading.track),
+        loop_radius=None if circle is None else circle[0],
+        loop_sweep=None if circle is None else circle[1],
     )
 
 
 def score_clip(video: np.ndarray, shape: str, color: str, motion: str) -> ClipScore:
     """Score a uint8 (F, H, W, 3) clip against the prompt `caption(shape, color, motion)`."""
     return score_reading(read_clip(video), shape, color, motion)
+
+
+def path_spread(scores: list[ClipScore], motions: list[str]) -> dict:
+    """How the clips of each family spread over it: for the drifts the wiggle's mean, standard
+    deviation and share above 2 px; for loops the radius's mean and standard deviation and the
+    share turning clockwise. Only clips whose motion class is their caption's count."""
+    spread = {}
+    for family in dict.fromkeys(motions):
+        picked = [s for s, m in zip(scores, motions) if m == family and s.motion_ok]
+        if family in world.DRIFTS and picked:
+            values = np.array([s.wiggle for s in picked])
+            spread[family] = {"clips": len(picked), "wiggle_mean": float(values.mean()),
+                              "wiggle_std": float(values.std()), "wiggling": float((values > 2.0).mean())}
+        elif family == "loop" and picked:
+            radii = np.array([s.loop_radius for s in picked])
+            spread[family] = {"clips": len(picked), "radius_mean": float(radii.mean()), "radius_std": float(radii.std()),
+                              "clockwise": float(np.mean([s.loop_sweep > 0 for s in picked]))}
+    return spread
 
 
 def summarize(scores: list[ClipScore]) -> dict:

@@ -1,0 +1,133 @@
+"""The experiment's tables: each row's scores over training seeds, and paired differences against
+coupled tuning with 95% intervals.
+
+    summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
+    differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
+
+A difference is paired: for every training seed, the row's score minus coupled tuning's on the
+same motion, mode and seed; its interval is mean ± t(0.975, n - 1) · sd / sqrt(n) over the seeds.
+The base has no training seed: its one value is paired with every seed's coupled tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from utils.toy_world.experiment import NOISE_PRIORS, VARIANTS
+
+ROW_ORDER = ["base", *VARIANTS] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
+SCORE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
+              "reference_subject_distance", "train_s", "sample_s")
+DIFFERENCE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage")
+# Student's t, 0.975 quantile, by degrees of freedom (scipy.stats.t.ppf(0.975, df)); 1.96 beyond.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+COLUMNS = (("trajectory_distance", "trajectory px ↓", 2), ("motion_hit_rate", "hit rate ↑", 2),
+           ("motion_fidelity", "motion fidelity ↑", 1), ("appearance_accuracy", "appearance ↑", 2),
+           ("leakage", "leakage ↓", 2), ("reference_subject_distance", "reference subject px ↓", 2),
+           ("train_s", "train s", 0), ("sample_s", "sample s", 0))
+
+
+def t_quantile(df: int) -> float:
+    """The 0.975 quantile of Student's t (the next smaller tabulated df: a slightly wider interval)."""
+    return T_975[max(d for d in T_975 if d <= df)] if df < 31 else 1.96
+
+
+def groups(rows: list[dict]):
+    """(motion, mode, row name) in table order, each with its rows."""
+    for motion in dict.fromkeys(r["motion"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            for name in ROW_ORDER:
+                picked = [r for r in rows if (r["motion"], r["mode"], r["row"]) == (motion, mode, name)]
+                if picked:
+                    yield motion, mode, name, picked
+
+
+def summarize_rows(rows: list[dict]) -> list[dict]:
+    """One line per (motion, mode, row): each score's mean and standard deviation over the
+    training seeds (the base has one value: no seed)."""
+    summary = []
+    for motion, mode, name, picked in groups(rows):
+        seeds = [r["seed"] for r in picked]
+        line = {"motion": motion, "mode": mode, "row": name, "seeds": len([s for s in seeds if s is not None])}
+        for key in [k for k in SCORE_KEYS if all(k in r for r in picked)]:
+            values = [r[key] for r in picked]
+            line[key] = float(np.mean(values))
+            line[f"{key}_std"] = float(np.std(values))
+        summary.append(line)
+    return summary
+
+
+def paired_differences(rows: list[dict], against: str = "coupled") -> list[dict]:
+    """For every (motion, mode, row) but `against`: the mean over training seeds of row minus
+    `against`, and the 95% interval of that mean."""
+    lines = []
+    for motion, mode, name, picked in groups(rows):
+        reference = {r["seed"]: r for r in rows if (r["motion"], r["mode"], r["row"]) == (motion, mode, against)}
+        if name == against or not reference:
+            continue
+        pairs = [(r, reference[r["seed"]]) for r in picked if r["seed"] in reference]
+        if name == "base":
+            pairs = [(picked[0], other) for other in reference.values()]
+        line = {"motion": motion, "mode": mode, "row": name, "against": against, "pairs": len(pairs)}
+        for key in DIFFERENCE_KEYS:
+            deltas = np.array([a[key] - b[key] for a, b in pairs if key in a and key in b])
+            if len(deltas) == 0:
+                continue
+            half = t_quantile(len(deltas) - 1) * deltas.std(ddof=1) / math.sqrt(len(deltas)) if len(deltas) > 1 else math.nan
+            line[key] = float(deltas.mean())
+            line[f"{key}_ci"] = float(half)
+        lines.append(line)
+    return lines
+
+
+def format_table(summary: list[dict]) -> str:
+    headers = ["motion", "mode", "row", *(title for _, title, _ in COLUMNS), "seeds"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for line in summary:
+        cells = [line["motion"], line["mode"], line["row"]]
+        for key, _, digits in COLUMNS:
+            if key not in line:  # rows of a run from before the column existed
+                cells.append("")
+                continue
+            spread = f" ± {line[key + '_std']:.{digits}f}" if line["seeds"] > 1 and key not in ("train_s", "sample_s") else ""
+            cells.append(f"{line[key]:.{digits}f}{spread}")
+        cells.append(str(line["seeds"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_differences(lines: list[dict]) -> str:
+    titles = {key: title for key, title, _ in COLUMNS}
+    digits = {key: d for key, _, d in COLUMNS}
+    headers = ["motion", "mode", "row − coupled", *(f"Δ {titles[k]}" for k in DIFFERENCE_KEYS), "seeds"]
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for line in lines:
+        cells = [line["motion"], line["mode"], line["row"]]
+        for key in DIFFERENCE_KEYS:
+            if key not in line:
+                cells.append("")
+                continue
+            d = digits[key]
+            half = "" if math.isnan(line[f"{key}_ci"]) else f" ± {line[f'{key}_ci']:.{d}f}"
+            cells.append(f"{line[key]:+.{d}f}{half}")
+        cells.append(str(line["pairs"]))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_tables(rows: list[dict], path: str | Path) -> str:
+    """Write rows, summary and paired differences to `path` (JSON) and both tables beside it
+    (.md); return the tables' text."""
+    summary, differences = summarize_rows(rows), paired_differences(rows)
+    path = Path(path)
+    path.write_text(json.dumps({"summary": summary, "differences": differences, "rows": rows}, indent=1) + "\n",
+                    encoding="utf8")
+    text = (format_table(summary) + "\n\nPaired differences against coupled tuning (95% intervals over training "
+            "seeds):\n\n" + format_differences(differences))
+    path.with_suffix(".md").write_text(text + "\n", encoding="utf8")
+    return text
