@@ -227,41 +227,32 @@ def train_vae(out: Path, settings: PretrainSettings, deadline: float) -> bool:
 # ----------------------------------------------------------------------------- UNet stage
 
 
-def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
-    """Scaled VAE latents (N, 4, F, 8, 8) and caption index of every pretraining clip, cached on disk."""
-    cache = out / "checkpoints" / "latents.pt"
+def encode_clips(cache: Path, vae_dir: Path, specs: list) -> dict:
+    """Scaled VAE latents (N, 4, F, 8, 8) and caption index of the clips of `specs`, cached in `cache`."""
     if cache.is_file():
         return torch.load(cache, weights_only=True)
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-    specs = world.sample_specs(settings.clips_per_combination, settings.seed + 1, spread=settings.start_spread)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     captions = sorted({s.caption for s in specs})
     latents = [clip_latents(vae, specs[chunk:chunk + 16]) for chunk in range(0, len(specs), 16)]
     data = {"latents": torch.cat(latents), "captions": captions,
             "caption_index": torch.tensor([captions.index(s.caption) for s in specs])}
     save_checkpoint(cache, data)
-    logger.info("encoded %d pretraining clips (%d captions)", len(specs), len(captions))
+    logger.info("encoded %d clips (%d captions) into %s", len(specs), len(captions), cache.name)
     return data
+
+
+def encode_dataset(out: Path, settings: PretrainSettings) -> dict:
+    """The main stage's clips (straight paths), encoded once."""
+    specs = world.sample_specs(settings.clips_per_combination, settings.seed + 1, spread=settings.start_spread)
+    return encode_clips(out / "checkpoints" / "latents.pt", out / "vae", specs)
 
 
 def encode_family_dataset(out: Path, settings: PretrainSettings) -> dict:
-    """Scaled VAE latents and caption index of every vocabulary-stage clip (a random member of its
-    caption's family each), cached on disk."""
-    cache = out / "checkpoints" / "family_latents.pt"
-    if cache.is_file():
-        return torch.load(cache)
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    """The vocabulary stage's clips (a random member of its caption's family each), encoded once."""
     specs = world.family_specs(settings.clips_per_family_caption, settings.seed + 5, settings.start_spread)
-    captions = sorted({s.caption for s in specs})
-    latents = [clip_latents(vae, specs[chunk:chunk + 16]) for chunk in range(0, len(specs), 16)]
-    data = {"latents": torch.cat(latents), "captions": captions,
-            "caption_index": torch.tensor([captions.index(s.caption) for s in specs])}
-    save_checkpoint(cache, data)
-    logger.info("encoded %d vocabulary clips (%d captions)", len(specs), len(captions))
-    return data
+    return encode_clips(out / "checkpoints" / "family_latents.pt", out / "vae", specs)
 
 
 def unet_loss(unet, scheduler, latents, context, gen: torch.Generator,
