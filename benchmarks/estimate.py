@@ -494,7 +494,7 @@ def trace_phases(base, unet, tracer: StepTracer, setup: Setup, sizes: dict, emul
     from models.bases import Components
 
     dtype = DTYPES[setup.precision]
-    vae = meta_module(base.build_vae, sizes["vae"], dtype)
+    vae = meta_module(base.build_vae, sizes["vae"], base.vae_dtype or dtype)
     text_encoder = meta_text_encoder(base, sizes, dtype)
     plain = build_meta_denoiser(base, sizes["denoiser"], None)
     materialise(plain, dtype)
@@ -583,7 +583,7 @@ def estimate_denoiser(base, unet, setup: Setup, sizes: dict, target: str = "cuda
             peak, counter = trace(unet, tracer)
             phases = trace_phases(base, unet, tracer, setup, sizes, emulation) if cuda and with_phases else {}
     random.setstate(python_rng)
-    vae = param_bytes(meta_module(base.build_vae, sizes["vae"], DTYPES[setup.precision]).parameters())
+    vae = param_bytes(meta_module(base.build_vae, sizes["vae"], base.vae_dtype or DTYPES[setup.precision]).parameters())
     result = summarise(unet, setup, peak, counter, vae, phases, CUBLAS_WORKSPACE if cuda else 0)
     counted = "on the CPU" if base.text_encoder_on_cpu else meta_text_encoder(base, sizes, torch.float16) is not None
     result.update(text_encoder_counted=counted,

@@ -379,3 +379,8 @@ def test_every_base_is_predicted_in_every_phase(base, frames, precision, tmp_pat
     peaks = {name: phase["peak_gb"] for name, phase in result["phases"].items()}
     assert set(peaks) == {"caching", "inversion", "training_step", "validation"} and min(peaks.values()) > 0
     assert result["predicted_peak_gb"] == max(peaks.values()) and result["peak_phase"] == max(peaks, key=peaks.get)
+    # the VAE is counted in the dtype the base loads it in (Wan: float32 whatever the precision)
+    from models.bases import load_components
+
+    loaded = load_components(str(folder), dtype=estimate.DTYPES[precision]).vae
+    assert result["vae_gb"] * estimate.GB == sum(p.numel() * p.element_size() for p in loaded.parameters())

@@ -85,6 +85,8 @@ class VideoBase:
     # True: `load_components` leaves the text encoder on the CPU (in its dtype) and the base moves
     # it to the GPU only while it encodes (Wan's 11 GB UMT5); the trainer does not move it either.
     text_encoder_on_cpu = False
+    # The VAE's dtype; None: the frozen weights' (training precision). The memory predictor reads it.
+    vae_dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ sizes
 

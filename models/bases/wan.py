@@ -64,6 +64,7 @@ class WanBase(VideoBase):
     hub_tags = ("text-to-video", "wan", "wan2.1")
     frames_are_images = False
     text_encoder_on_cpu = True
+    vae_dtype = torch.float32  # diffusers recommends it for decoding quality (0.5 GB)
     checkpoint_granularities = ("block",)
     default_granularity = "block"
     archs = tuple(wan_parts.FULL_SIZE_TRANSFORMERS)
@@ -120,7 +121,7 @@ class WanBase(VideoBase):
         wan_layers.layer_choice(options.get("lora_layers"))
 
     def load(self, model_path: str, device, dtype: torch.dtype, options: dict | None = None) -> Components:
-        """Tokenizer, UMT5 (kept on the CPU), the VAE in float32 (diffusers recommends it for
+        """Tokenizer, UMT5 (kept on the CPU), the VAE in `vae_dtype` (float32: diffusers recommends it for
         decoding quality; 0.5 GB), the transformer in `dtype`, the folder's flow scheduler."""
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -128,7 +129,7 @@ class WanBase(VideoBase):
         tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer")
         text_encoder = UMT5EncoderModel.from_pretrained(model_path, subfolder="text_encoder",
                                                         torch_dtype=wan_parts.text_encoder_dtype(dtype))
-        vae = AutoencoderKLWan.from_pretrained(model_path, subfolder="vae", torch_dtype=torch.float32)
+        vae = AutoencoderKLWan.from_pretrained(model_path, subfolder="vae", torch_dtype=self.vae_dtype)
         transformer = WanTransformer3DModel.from_pretrained(model_path, subfolder="transformer", torch_dtype=dtype)
         wan_layers.set_layer_choice(transformer, options.get("lora_layers"))
         scheduler = wan_parts.load_flow_scheduler(model_path)
