@@ -41,7 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.bases import tiny_parts
 from models.bases.spec import SPATIAL, TEMPORAL, Components, ExportFile
-from models.bases.unet_base import UNetBase, linears_inside
+from models.bases.unet_base import UNetBase, linears_inside, sd_vae_config
 from models.fast_layers import cache_dtype, lean_attention
 from utils.errors import UserError
 
@@ -117,12 +117,8 @@ FULL_SIZE_ADAPTER = dict(
     block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_mid_block_layers_per_block=1,
     motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True,
 )
-# The SD VAE (AutoencoderKL, 4 latent channels, scale 8, scaling factor 0.18215).
-FULL_SIZE_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=512, scaling_factor=0.18215,
-)
+# The SD VAE, as SD 1.5 ships it.
+FULL_SIZE_VAE = sd_vae_config(512)
 # OpenAI CLIP ViT-L/14's text tower (77 tokens x 768), as SD 1.5 ships it.
 FULL_SIZE_TEXT = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,

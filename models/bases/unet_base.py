@@ -21,6 +21,16 @@ from models.fast_layers import LeanSdpaProcessor
 FRAMES_PER_VAE_CHUNK = 8
 
 
+def sd_vae_config(sample_size: int) -> dict:
+    """The Stable Diffusion VAE (AutoencoderKL, 4 latent channels, scale 8, scaling factor 0.18215)
+    that ZeroScope / ModelScope and SD 1.5 ship; `sample_size` is the release's own frame size."""
+    return dict(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=sample_size, scaling_factor=0.18215,
+    )
+
+
 class UNetBase(VideoBase):
     """A latent-diffusion UNet with CLIP text, a per-frame VAE and a DDPM/DDIM scheduler."""
 

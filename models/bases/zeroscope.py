@@ -24,7 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.bases import tiny_parts
 from models.bases.spec import SPATIAL, TEMPORAL, Components
-from models.bases.unet_base import UNetBase, linears_inside
+from models.bases.unet_base import UNetBase, linears_inside, sd_vae_config
 from models.fast_layers import cache_dtype, lean_attention
 from utils.errors import UserError
 
@@ -84,11 +84,7 @@ FULL_SIZE_UNET = dict(
     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
     cross_attention_dim=1024, attention_head_dim=64,
 )
-FULL_SIZE_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2, norm_num_groups=32, latent_channels=4, sample_size=768, scaling_factor=0.18215,
-)
+FULL_SIZE_VAE = sd_vae_config(768)
 # OpenCLIP ViT-H/14's text tower, as ZeroScope / ModelScope ship it.
 FULL_SIZE_TEXT = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
