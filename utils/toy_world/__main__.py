@@ -136,8 +136,10 @@ def _vae_round_trip(args) -> None:
     from utils.toy_world.experiment import reference_clips
 
     torch.set_num_threads(args.threads)
-    clips = args.clips or [clip for motion in ("bouncing", "circling", "growing", "zigzag")
-                           for clip in reference_clips(motion, "single")]
+    # a target's reference clip is captioned with its family ("moving right" for the zig-zag)
+    clips = [(clip, args.motion) for clip in args.clips] or [
+        (clip, motion) for motion in ("bouncing", "circling", "growing", "zigzag")
+        for clip in reference_clips(motion, "single")]
     for row in vae_round_trip(args.model, clips, args.seed):
         print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
               f"{row['round_trip_px']:5.2f} px after the VAE  ({row['clip']})")
@@ -330,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     trip.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
     trip.add_argument("clips", nargs="*", help="clips with same-named .txt captions (default: the single "
                                                "reference clip of each new motion in test_data/toy_world)")
+    trip.add_argument("--motion", default=None, choices=NEW_MOTIONS,
+                      help="the target motion of the given clips (default: each caption's; without clips, "
+                           "each reference clip's own target)")
     trip.add_argument("--seed", type=int, default=0, help="seed of the posterior sample (default 0)")
     trip.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     trip.set_defaults(run=_vae_round_trip)

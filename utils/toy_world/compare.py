@@ -19,7 +19,7 @@ from utils.evaluation.inputs import read_video
 from utils.evaluation.motion_fidelity import motion_fidelity
 from utils.toy_world.evaluate import parse_caption
 from utils.toy_world.score import score_clip
-from utils.toy_world.world import NEW_MOTIONS, without_clocks
+from utils.toy_world.world import without_clocks
 
 
 def video_scores(video: str | Path, reference: np.ndarray, prompt: str, motion: str | None = None) -> dict:
@@ -89,21 +89,19 @@ def compare_videos(reference: str | Path, prompt: str | None, base_videos, md_vi
     return scores
 
 
-def vae_round_trip(model_dir: str | Path, clips: list[Path], seed: int = 0) -> list[dict]:
-    """The trajectory distance to its motion of each clip as read from the file and after the
-    base's VAE encode and decode (the latents sampled from the posterior with `seed`): how much of
-    a motion the VAE alone loses. A target's reference clip is captioned with its family ("moving
-    right" for the zig-zag), so the motion is read from the file name where it names a target."""
+def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], seed: int = 0) -> list[dict]:
+    """The trajectory distance to its motion of each (clip, motion) as read from the file and after
+    the base's VAE encode and decode (the latents sampled from the posterior with `seed`): how much
+    of a motion the VAE alone loses. A motion of None is the clip caption's (as `compare_videos`)."""
     import torch
 
     from models.bases import load_components
 
     components = load_components(str(model_dir))
     rows = []
-    for clip in clips:
+    for clip, target in clips:
         shape, color, motion = parse_caption(Path(clip).with_suffix(".txt").read_text(encoding="utf8"))
-        named = Path(clip).stem.split("_")[2:3]
-        motion = named[0] if named and named[0] in NEW_MOTIONS else motion
+        motion = target or motion
         frames = read_video(Path(clip))
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0
         torch.manual_seed(seed)
