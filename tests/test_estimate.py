@@ -19,6 +19,7 @@ from models.lora import SPATIAL, TEMPORAL
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import cuda_emulation  # noqa: E402
 import estimate  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("benchmark", REPO / "benchmarks" / "benchmark.py")
@@ -101,7 +102,7 @@ def test_a_frozen_fp32_weight_adds_its_bytes_and_the_half_copy_autocast_saves():
     the copy is freed at once."""
     def after_forward(dtype, input_grad):
         layer = torch.nn.Linear(64, 32, bias=False, device="meta", dtype=dtype).requires_grad_(False)
-        emulation = estimate.CudaAutocast(torch.float16)
+        emulation = cuda_emulation.CudaAutocast(torch.float16)
         tracker = estimate._frozen_aware_tracker()
         tracker.track_external(layer)
         with tracker, emulation, emulation.autocast():
@@ -199,7 +200,7 @@ def test_flops_of_a_linear_a_conv_and_attention_by_hand():
     conv = _flops(lambda: F.conv2d(torch.empty(2, 3, 8, 8), torch.empty(4, 3, 3, 3), padding=1))
     assert conv.total == 2 * 2 * 4 * 8 * 8 * 3 * 3 * 3
     q = torch.empty(1, 2, 16, 8, device="meta", dtype=torch.float16)
-    attention = _flops(lambda: estimate.cuda_attention(q, q, q))
+    attention = _flops(lambda: cuda_emulation.cuda_attention(q, q, q))
     assert attention.total == attention.attention == 2 * (2 * 1 * 2 * 16 * 16 * 8)
 
 
@@ -241,7 +242,7 @@ AUTOCAST_CASES = [  # (op, aten name, call, dtype under fp16 autocast, on a docu
 
 @pytest.mark.parametrize("name, aten, call, expected, listed", AUTOCAST_CASES, ids=[c[0] for c in AUTOCAST_CASES])
 def test_cuda_autocast_emulation_on_documented_ops(name, aten, call, expected, listed):
-    emulation = estimate.CudaAutocast(torch.float16)
+    emulation = cuda_emulation.CudaAutocast(torch.float16)
     with emulation, emulation.autocast():
         out = call()
     assert out.dtype == expected
@@ -250,7 +251,7 @@ def test_cuda_autocast_emulation_on_documented_ops(name, aten, call, expected, l
 
 
 def test_cuda_attention_is_flash_with_padded_heads_up_to_256():
-    emulation = estimate.CudaAutocast(torch.float16)
+    emulation = cuda_emulation.CudaAutocast(torch.float16)
     q = torch.empty(1, 2, 16, 5, device="meta")
     wide = torch.empty(1, 1, 16, 512, device="meta", dtype=torch.float16)
     with emulation, emulation.autocast(), estimate.FlopCount() as counter:
@@ -262,7 +263,7 @@ def test_cuda_attention_is_flash_with_padded_heads_up_to_256():
 
 def test_cuda_dropout_saves_a_bool_mask():
     """ATen's dropout takes the fused native_dropout for CUDA inputs (Dropout.cpp), whose mask is bool."""
-    emulation = estimate.CudaAutocast(torch.float16)
+    emulation = cuda_emulation.CudaAutocast(torch.float16)
     x = torch.empty(8, 16, device="meta", dtype=torch.float16, requires_grad=True)
     with emulation:
         y = F.dropout(x, 0.1, True)
