@@ -1,5 +1,5 @@
 """Benchmark one MotionDirector setup: training step time and peak memory, latent caching,
-DDIM inversion and sampling, on the CPU or a GPU.
+the noise-prior inversion and sampling, on the CPU or a GPU.
 
     python benchmarks/benchmark.py --model models/tiny_t2v --width 64 --height 64 --frames 8 --rank 4
     python benchmarks/benchmark.py --arch zeroscope --width 576 --height 320 --frames 16 \\
@@ -132,11 +132,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--original-order", action="store_true",
                    help="the original's step: prompt re-encoded, spatial graph kept alive through the temporal "
                         "forward and backward (retain_graph), spatial optimiser stepped in between, plain AdamW")
-    p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
-    p.add_argument("--sample-steps", type=int, default=30, help="DDIM sampling steps (default 30)")
+    p.add_argument("--inversion-steps", type=int, default=50, help="noise-prior inversion steps (default 50)")
+    p.add_argument("--sample-steps", type=int, default=30, help="sampling steps, the base's sampler (default 30)")
     p.add_argument("--guidance-scale", type=float, default=12.0, help="classifier-free guidance (default 12)")
-    p.add_argument("--skip-caching", action="store_true", help="do not time latent caching and DDIM inversion")
-    p.add_argument("--skip-inversion", action="store_true", help="do not time DDIM inversion")
+    p.add_argument("--skip-caching", action="store_true", help="do not time latent caching and the inversion")
+    p.add_argument("--skip-inversion", action="store_true", help="do not time the noise-prior inversion")
     p.add_argument("--skip-sampling", action="store_true", help="do not time sampling")
     p.add_argument("--count-flops", action="store_true", help="count training FLOPs on the CPU too (always on CUDA)")
     p.add_argument("--compare", nargs=2, metavar=("FLAGS_A", "FLAGS_B"),
@@ -594,9 +594,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
          f"spatial loss skipped on {r['spatial_skipped_steps']}"),
         ("peak memory, training (MB)", _fmt(r["peak_mem_mb"], ""), r["peak_mem_kind"]),
         ("latent caching (s)", _fmt(r["cache_s"]), "VAE encode of the clip"),
-        ("DDIM inversion (s)", _fmt(r["inversion_s"]), f"{s['inversion_steps']} steps"),
+        ("noise-prior inversion (s)", _fmt(r["inversion_s"]), f"{s['inversion_steps']} steps (DDIM; Euler on flow bases)"),
         ("sampling (s/video)", _fmt(r["sample_s_per_video"]),
-         f"{s['sample_steps']} DDIM steps, guidance {s['guidance_scale']:g}, + VAE decode"),
+         f"{s['sample_steps']} steps of the base's sampler, guidance {s['guidance_scale']:g}, + VAE decode"),
         ("peak memory, sampling (MB)", _fmt(r["sample_peak_mem_mb"]), ""),
         ("train GFLOP/step", "n/a" if flops is None else f"{flops / 1e9:.4g}", "model FLOPs, no recomputation"),
         ("MFU", "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.2f}%",
