@@ -450,11 +450,12 @@ def test_multi_video_subjects_and_leakage():
 
 def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     """Each (motion, mode, row) over its seeds; differences against coupled tuning seed by seed,
-    with t(0.975, n-1) sd / sqrt(n) intervals; `table` merges runs split by motion."""
+    with t(0.975, n-1) sd / sqrt(n) intervals, and no_debias against MotionDirector; `table`
+    merges runs split by motion."""
     import json
 
     from utils.toy_world.__main__ import main
-    from utils.toy_world.table import paired_differences, summarize_rows, t_quantile
+    from utils.toy_world.table import all_differences, paired_differences, summarize_rows, t_quantile
 
     def row(name, motion, seed, distance, hit=0.0):
         scores = dict.fromkeys(("motion_fidelity", "appearance_accuracy", "leakage", "train_s", "sample_s"), 0.0)
@@ -465,10 +466,11 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     for seed, (md, coupled) in enumerate([(2.0, 3.0), (4.0, 6.0), (3.0, 6.0)]):
         rows += [row("motiondirector", "zigzag", seed, md, 0.5), row("coupled", "zigzag", seed, coupled),
                  row("motiondirector", "circling", seed, 5.0), row("coupled", "circling", seed, 5.0)]
+    rows += [row("no_debias", "circling", seed, distance) for seed, distance in enumerate([6.0, 8.0])]
     summary = summarize_rows(rows)
     assert [(s["motion"], s["row"]) for s in summary] == [
         ("zigzag", "base"), ("zigzag", "motiondirector"), ("zigzag", "coupled"),
-        ("circling", "base"), ("circling", "motiondirector"), ("circling", "coupled")]
+        ("circling", "base"), ("circling", "motiondirector"), ("circling", "coupled"), ("circling", "no_debias")]
     md = summary[1]
     assert md["trajectory_distance"] == 3.0 and md["trajectory_distance_std"] == pytest.approx(np.sqrt(2 / 3))
     assert summary[0]["seeds"] == 0 and md["seeds"] == 3
@@ -480,6 +482,12 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     assert zig["motion_hit_rate"] == 0.5 and zig["motion_hit_rate_ci"] == 0.0 and zig["pairs"] == 3
     base = differences[("zigzag", "base")]  # 10 against 3, 6, 6
     assert base["trajectory_distance"] == pytest.approx(5.0) and base["pairs"] == 3
+    # no_debias against coupled and against MotionDirector (both 5 at every seed): +1, +3; sd sqrt(2)
+    debias = {(d["row"], d["against"]): d for d in all_differences(rows) if d["motion"] == "circling"}
+    for against in ("coupled", "motiondirector"):
+        assert debias[("no_debias", against)]["trajectory_distance"] == pytest.approx(2.0)
+        assert debias[("no_debias", against)]["trajectory_distance_ci"] == pytest.approx(12.706)  # t(1) sd / sqrt(2)
+        assert debias[("no_debias", against)]["pairs"] == 2
     assert t_quantile(4) == 2.776 and t_quantile(11) == 2.228 and t_quantile(100) == 1.96
     for motion in ("zigzag", "circling"):
         picked = [r for r in rows if r["motion"] == motion]
@@ -488,10 +496,11 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     (tmp_path / "circling.jsonl").write_text("\n".join(json.dumps(r) for r in rows if r["motion"] == "circling"))
     main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.jsonl"), "--out", str(tmp_path / "all.json")])
     merged = json.loads((tmp_path / "all.json").read_text(encoding="utf8"))
-    assert merged["summary"] == summary and len(merged["differences"]) == 4
+    assert merged["summary"] == summary and len(merged["differences"]) == 6  # 5 against coupled, 1 against MD
     printed = capsys.readouterr().out
     assert "| zigzag | single | motiondirector | 3.00 ± 0.82 |" in printed
-    assert "| zigzag | single | motiondirector | -2.00 ± 2.48 |" in printed
+    assert "| zigzag | single | motiondirector − coupled | -2.00 ± 2.48 |" in printed
+    assert "| circling | single | no_debias − motiondirector | +2.00 ± 12.71 |" in printed
     assert (tmp_path / "all.md").read_text(encoding="utf8").strip() == printed.strip()
 
 

@@ -100,7 +100,7 @@ def _table(args) -> None:
     import json
     from pathlib import Path
 
-    from utils.toy_world.table import format_differences, format_table, paired_differences, summarize_rows, write_tables
+    from utils.toy_world.table import all_differences, summarize_rows, tables_text, write_tables
 
     rows = []
     for path in map(Path, args.tables):
@@ -109,7 +109,7 @@ def _table(args) -> None:
     if args.out:
         print(write_tables(rows, args.out))
         return
-    print(format_table(summarize_rows(rows)) + "\n\n" + format_differences(paired_differences(rows)))
+    print(tables_text(summarize_rows(rows), all_differences(rows)))
 
 
 def _compare(args) -> None:

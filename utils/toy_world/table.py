@@ -1,12 +1,13 @@
 """The experiment's tables: each row's scores over training seeds, and paired differences against
-coupled tuning with 95% intervals.
+coupled tuning (and, for the debiased term, against MotionDirector) with 95% intervals.
 
     summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
     differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
+    differences = all_differences(rows)       # those, then no_debias minus MotionDirector
 
-A difference is paired: for every training seed, the row's score minus coupled tuning's on the
+A difference is paired: for every training seed, the row's score minus the other row's on the
 same motion, mode and seed; its interval is mean ± t(0.975, n - 1) · sd / sqrt(n) over the seeds.
-The base has no training seed: its one value is paired with every seed's coupled tuning.
+The base has no training seed: its one value is paired with every seed of the other row.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def paired_differences(rows: list[dict], against: str = "coupled") -> list[dict]
     return lines
 
 
+def all_differences(rows: list[dict]) -> list[dict]:
+    """Every row against coupled tuning, then the debiased term's effect: no_debias against
+    MotionDirector, seed by seed."""
+    debias = [line for line in paired_differences(rows, against="motiondirector") if line["row"] == "no_debias"]
+    return paired_differences(rows) + debias
+
+
 def format_table(summary: list[dict]) -> str:
     headers = ["motion", "mode", "row", *(title for _, title, _ in COLUMNS), "seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -104,10 +112,10 @@ def format_table(summary: list[dict]) -> str:
 def format_differences(lines: list[dict]) -> str:
     titles = {key: title for key, title, _ in COLUMNS}
     digits = {key: d for key, _, d in COLUMNS}
-    headers = ["motion", "mode", "row − coupled", *(f"Δ {titles[k]}" for k in DIFFERENCE_KEYS), "seeds"]
+    headers = ["motion", "mode", "difference", *(f"Δ {titles[k]}" for k in DIFFERENCE_KEYS), "seeds"]
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for line in lines:
-        cells = [line["motion"], line["mode"], line["row"]]
+        cells = [line["motion"], line["mode"], f"{line['row']} − {line['against']}"]
         for key in DIFFERENCE_KEYS:
             if key not in line:
                 cells.append("")
@@ -123,11 +131,15 @@ def format_differences(lines: list[dict]) -> str:
 def write_tables(rows: list[dict], path: str | Path) -> str:
     """Write rows, summary and paired differences to `path` (JSON) and both tables beside it
     (.md); return the tables' text."""
-    summary, differences = summarize_rows(rows), paired_differences(rows)
+    summary, differences = summarize_rows(rows), all_differences(rows)
     path = Path(path)
     path.write_text(json.dumps({"summary": summary, "differences": differences, "rows": rows}, indent=1) + "\n",
                     encoding="utf8")
-    text = (format_table(summary) + "\n\nPaired differences against coupled tuning (95% intervals over training "
-            "seeds):\n\n" + format_differences(differences))
+    text = tables_text(summary, differences)
     path.with_suffix(".md").write_text(text + "\n", encoding="utf8")
     return text
+
+
+def tables_text(summary: list[dict], differences: list[dict]) -> str:
+    return (format_table(summary) + "\n\nPaired differences, seed by seed (mean ± the 95% interval's half-width over "
+            "training seeds):\n\n" + format_differences(differences))
