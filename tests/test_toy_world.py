@@ -399,7 +399,7 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
     monkeypatch.setattr(experiment, "train_motiondirector", fake_train)
     monkeypatch.setattr(experiment, "sampling_model", lambda base, run, noise_prior=0.0: run)
     monkeypatch.setattr(experiment, "sample_subjects", fake_sample)
-    rows = experiment.run_experiment(tmp_path, tmp_path, ["zigzag"], ["single"], [0], 5,
+    rows = experiment.run_experiment(SHIPPED_V2, tmp_path, ["zigzag"], ["single"], [0], 5,
                                      experiment.Sampling(seeds=(0,), subjects=2), overrides=("lora_rank=4",))
     assert trained == [("motiondirector_seed0", ("lora_rank=4",)),
                        ("coupled_seed0", (*experiment.VARIANTS["coupled"], "lora_rank=4")),
@@ -423,10 +423,10 @@ def test_a_finished_training_run_is_reused_with_its_recorded_seconds(tmp_path, m
         (tmp_path / "out" / f"train_{len(calls)}" / "temporal" / "lora").mkdir(parents=True)
 
     monkeypatch.setattr(experiment.subprocess, "run", fake_run)
-    first = experiment.train_motiondirector(tmp_path, "zigzag", 0, 5, tmp_path / "out")
-    assert experiment.train_motiondirector(tmp_path, "zigzag", 0, 5, tmp_path / "out") == first
+    first = experiment.train_motiondirector(SHIPPED_V2, "zigzag", 0, 5, tmp_path / "out")
+    assert experiment.train_motiondirector(SHIPPED_V2, "zigzag", 0, 5, tmp_path / "out") == first
     assert len(calls) == 1 and first[0].name == "train_1"
-    experiment.train_motiondirector(tmp_path, "zigzag", 1, 5, tmp_path / "out")  # another seed: trains
+    experiment.train_motiondirector(SHIPPED_V2, "zigzag", 1, 5, tmp_path / "out")  # another seed: trains
     assert len(calls) == 2
 
 
@@ -502,6 +502,34 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     assert "| zigzag | single | motiondirector − coupled | -2.00 ± 2.48 |" in printed
     assert "| circling | single | no_debias − motiondirector | +2.00 ± 12.71 |" in printed
     assert (tmp_path / "all.md").read_text(encoding="utf8").strip() == printed.strip()
+
+
+def test_a_labelled_run_is_its_own_row_paired_against_motiondirector(tmp_path, capsys):
+    """`table FILE@LABEL`: the run's trained rows become "<row>@LABEL" (its base dropped) and are
+    paired, seed by seed, against MotionDirector of the unlabelled run."""
+    import json
+
+    from utils.toy_world.__main__ import main
+
+    def row(name, seed, distance):
+        scores = dict.fromkeys(("motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
+                                "train_s", "sample_s"), 0.0)
+        return {"row": name, "motion": "circling", "mode": "single", "seed": seed, "trajectory_distance": distance,
+                **scores}
+
+    default = [row("base", None, 9.0)] + [row("motiondirector", s, d) for s, d in enumerate([5.0, 6.0, 7.0])]
+    other = [row("base", None, 9.0)] + [row("motiondirector", s, d) for s, d in enumerate([4.0, 6.0, 5.0])]
+    for name, rows in (("default", default), ("other", other)):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf8")
+    main(["table", str(tmp_path / "default.jsonl"), f"{tmp_path / 'other.jsonl'}@t_ffn", "--out", str(tmp_path / "t.json")])
+    merged = json.loads((tmp_path / "t.json").read_text(encoding="utf8"))
+    assert [s["row"] for s in merged["summary"]] == ["base", "motiondirector", "motiondirector@t_ffn"]
+    (difference,) = merged["differences"]  # no coupled rows: only the labelled row against MotionDirector
+    # per seed -1, 0, -2: mean -1, sd 1, interval 4.303 / sqrt(3)
+    assert difference["row"] == "motiondirector@t_ffn" and difference["against"] == "motiondirector"
+    assert difference["trajectory_distance"] == pytest.approx(-1.0)
+    assert difference["trajectory_distance_ci"] == pytest.approx(4.303 / np.sqrt(3))
+    assert "| circling | single | motiondirector@t_ffn − motiondirector | -1.00 ± 2.48 |" in capsys.readouterr().out
 
 
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():

@@ -27,13 +27,13 @@ WORDS = ("a", "an", "the", "is", "are", "car", "running", "on", "road", "tank", 
          "ball", "square", "circle", "shape", "moving", "to", "right", "left", "up", "down", "fast", "grass")
 
 
-def word_tokenizer(length: int = 512):
-    """A word-level fast tokenizer (lower case, unknown words -> <unk>) that ends every prompt
-    with </s> as UMT5's tokenizer does."""
+def word_tokenizer(length: int = 512, words: tuple[str, ...] = WORDS):
+    """A word-level fast tokenizer over `words` (lower case, unknown words -> <unk>) that ends every
+    prompt with </s> as UMT5's tokenizer does."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + WORDS)}
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(words))}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -14,7 +14,7 @@ def _make_data(args) -> None:
     from utils.toy_world import world
 
     if args.reference:
-        paths = world.write_reference_clips(args.out_dir)
+        paths = world.write_reference_clips(args.out_dir, args.frames)
         logging.getLogger(__name__).info("wrote %d reference clips to %s", len(paths), args.out_dir)
         return
     motions = world.NEW_MOTIONS if args.new else world.BASE_MOTIONS
@@ -40,6 +40,15 @@ def _pretrain(args) -> None:
     sys.exit(0 if done else 3)
 
 
+def _pretrain_dit(args) -> None:
+    from utils.toy_world.pretrain_dit import DitSettings, pretrain_dit
+
+    torch.set_num_threads(args.threads)
+    settings = DitSettings(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps,
+                           time_budget_s=args.time_budget * 60 if args.time_budget else math.inf)
+    sys.exit(0 if pretrain_dit(args.out_dir, settings) else 3)
+
+
 def _sample(args) -> None:
     import json
     from pathlib import Path
@@ -54,7 +63,7 @@ def _sample(args) -> None:
         combos = world.all_combinations(world.BASE_MOTIONS if args.straight else world.FAMILIES)
     report = evaluate(args.model, combos, args.samples, args.steps, args.guidance_scale,
                       video_dir=args.out_dir)
-    report["summary"]["rendered_spread"] = rendered_spread()
+    report["summary"]["rendered_spread"] = rendered_spread(frames=report["summary"]["frames"])
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.out_dir) / "scores.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf8")
     print(json.dumps(report["summary"], indent=1))
@@ -82,7 +91,7 @@ def _experiment(args) -> None:
 
     import imageio.v3 as iio
 
-    from utils.toy_world.experiment import Sampling, frame_strips, run_experiment
+    from utils.toy_world.experiment import Sampling, frame_strips, run_experiment, setup_for
     from utils.toy_world.table import write_tables
 
     torch.set_num_threads(args.threads)
@@ -93,19 +102,22 @@ def _experiment(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(write_tables([{k: v for k, v in r.items() if k != "samples"} for r in rows], out / "table.json"))
     for motion in args.motion:
-        iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0]))
+        iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0],
+                                                               setup=setup_for(args.model)))
 
 
 def _table(args) -> None:
     import json
     from pathlib import Path
 
-    from utils.toy_world.table import all_differences, summarize_rows, tables_text, write_tables
+    from utils.toy_world.table import all_differences, label_rows, summarize_rows, tables_text, write_tables
 
     rows = []
-    for path in map(Path, args.tables):
-        text = path.read_text(encoding="utf8")
-        rows += [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)["rows"]
+    for name in args.tables:
+        path, _, label = name.partition("@")
+        text = Path(path).read_text(encoding="utf8")
+        read = [json.loads(line) for line in text.splitlines()] if path.endswith(".jsonl") else json.loads(text)["rows"]
+        rows += label_rows(read, label) if label else read
     if args.out:
         print(write_tables(rows, args.out))
         return
@@ -133,13 +145,13 @@ def _compare(args) -> None:
 
 def _vae_round_trip(args) -> None:
     from utils.toy_world.compare import vae_round_trip
-    from utils.toy_world.experiment import reference_clips
+    from utils.toy_world.experiment import reference_clips, setup_for
 
     torch.set_num_threads(args.threads)
     # a target's reference clip is captioned with its family ("moving right" for the zig-zag)
     clips = [(clip, args.motion) for clip in args.clips] or [
         (clip, motion) for motion in ("bouncing", "circling", "growing", "zigzag")
-        for clip in reference_clips(motion, "single")]
+        for clip in reference_clips(motion, "single", setup_for(args.model))]
     for row in vae_round_trip(args.model, clips, args.seed):
         print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
               f"{row['round_trip_px']:5.2f} px after the VAE  ({row['clip']})")
@@ -223,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("out_dir", help="folder to write the clips into")
     make.add_argument("--per-combination", type=int, default=1, help="clips per shape x colour x motion")
     make.add_argument("--seed", type=int, default=0, help="seed of the start points")
+    make.add_argument("--frames", type=int, default=8, help="frames per reference clip (default 8; the DiT base: 9)")
     make.add_argument("--new", action="store_true", help="the new motions instead of the base ones")
     make.add_argument("--reference", action="store_true",
                       help="the new motions' reference clips (<motion>/single/, <motion>/multi/) instead")
@@ -254,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pretraining clips start within this many pixels of the centred start "
                           "(default: world.START_SPREAD; a negative value: anywhere)")
     pre.set_defaults(run=_pretrain)
+
+    dit = commands.add_parser("pretrain-dit", help="pretrain a tiny Wan 2.1-architecture base (9-frame clips; resumable)")
+    dit.add_argument("out_dir", help="pipeline folder to write (and resume from; checkpoints/ inside)")
+    dit.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+    dit.add_argument("--vae-steps", type=int, default=900, help="VAE training steps (default 900)")
+    dit.add_argument("--steps", type=int, default=5000, help="transformer training steps (default 5000)")
+    dit.add_argument("--time-budget", type=float, default=None, help="minutes; stop resumably after them")
+    dit.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    dit.set_defaults(run=_pretrain_dit)
 
     sample = commands.add_parser("sample", help="sample world prompts with the project's sampler and score them")
     sample.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
@@ -331,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "the base's VAE encode + decode")
     trip.add_argument("model", help="pipeline folder (e.g. models/toy_world_base)")
     trip.add_argument("clips", nargs="*", help="clips with same-named .txt captions (default: the single "
-                                               "reference clip of each new motion in test_data/toy_world)")
+                                               "reference clip of each new motion of the base's world)")
     trip.add_argument("--motion", default=None, choices=NEW_MOTIONS,
                       help="the target motion of the given clips (default: each caption's; without clips, "
                            "each reference clip's own target)")
@@ -359,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=_experiment)
 
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")
-    table.add_argument("tables", nargs="+", help="table.json (or rows.jsonl, written row by row) files of experiment runs")
+    table.add_argument("tables", nargs="+", help="table.json (or rows.jsonl, written row by row) files of experiment "
+                                                 "runs; FILE@LABEL names a run with other settings (its rows become "
+                                                 "<row>@LABEL, paired against MotionDirector too; its base is dropped)")
     table.add_argument("--out", help="write the merged rows, summary and differences to this JSON file "
                                      "(and the tables to the same name with .md)")
     table.set_defaults(run=_table)

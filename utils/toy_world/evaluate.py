@@ -38,7 +38,8 @@ def sample_prompt(components, prompt: str, seed: int, count: int, num_steps: int
     from utils.inference.generate import GenerationSettings, sample_video
 
     settings = GenerationSettings(prompt=prompt, batch_size=count, width=world.SIZE, height=world.SIZE,
-                                  num_frames=world.FRAMES, num_steps=num_steps, guidance_scale=guidance_scale)
+                                  num_frames=world.clip_frames(components.base.name), num_steps=num_steps,
+                                  guidance_scale=guidance_scale)
     return sample_video(components, settings, seed=seed).numpy()
 
 
@@ -62,7 +63,8 @@ def evaluate(model_dir: str | Path, combos: list[tuple[str, str, str]], samples_
             if video_dir is not None:
                 write_video(Path(video_dir) / f"{prompt.replace(' ', '_')}_{n}.mp4", clip, world.FPS)
     summary = summarize(scores)
-    summary.update(sampling_seconds=round(time.time() - started, 1), num_steps=num_steps,
+    summary.update(sampling_seconds=round(time.time() - started, 1), frames=world.clip_frames(components.base.name),
+                   num_steps=num_steps,
                    guidance_scale=guidance_scale, samples_per_prompt=samples_per_prompt,
                    spread=path_spread(scores, [m for _, _, m in combos for _ in range(samples_per_prompt)]))
     logger.info("colour %.3f  shape %.3f  motion %.3f  over %d clips", summary["color_accuracy"],
@@ -70,11 +72,11 @@ def evaluate(model_dir: str | Path, combos: list[tuple[str, str, str]], samples_
     return {"summary": summary, "clips": per_prompt}
 
 
-def rendered_spread(per_caption: int = 2, seed: int = 7) -> dict:
+def rendered_spread(per_caption: int = 2, seed: int = 7, frames: int = world.FRAMES) -> dict:
     """`path_spread` of rendered family members, read by the detector: the spread a base that
     samples its families faithfully would show (`per_caption` clips of every shape x colour x family)."""
-    specs = world.family_specs(per_caption, seed)
-    scores = [score_clip(world.render(s), s.shape, s.color, s.motion) for s in specs]
+    specs = world.family_specs(per_caption, seed, frames=frames)
+    scores = [score_clip(world.render(s, frames), s.shape, s.color, s.motion) for s in specs]
     return path_spread(scores, [s.motion for s in specs])
 
 

@@ -31,8 +31,29 @@ from utils.toy_world.score import ClipScore, score_clip
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "config_toy_world_single_video.yaml"
-REFERENCE_ROOT = REPO / "test_data" / "toy_world"
+
+
+@dataclass(frozen=True)
+class WorldSetup:
+    """What the experiment needs of a base's world: its clip length, its reference clips (written
+    by `make-data ROOT --reference --frames N`) and the training config its runs start from."""
+
+    frames: int
+    reference_root: Path
+    config: Path
+
+
+UNET_SETUP = WorldSetup(world.FRAMES, REPO / "test_data" / "toy_world",
+                        REPO / "configs" / "config_toy_world_single_video.yaml")
+DIT_SETUP = WorldSetup(world.DIT_FRAMES, REPO / "test_data" / "toy_world_dit",
+                       REPO / "configs" / "config_toy_world_dit_single_video.yaml")
+
+
+def setup_for(base: str | Path) -> WorldSetup:
+    """The setup of a base folder: the DiT one for a Wan pipeline, else the UNet one."""
+    from models.bases import base_for_model
+
+    return DIT_SETUP if world.clip_frames(base_for_model(str(base)).name) == world.DIT_FRAMES else UNET_SETUP
 CLOSE_ENOUGH = 4.0  # a trajectory within this many pixels (mean per frame) counts as the motion
 MODES = ("single", "multi")
 # Training variants: config overrides on top of the toy config. "coupled" is the paper's coupled
@@ -53,22 +74,24 @@ class Sampling:
     subjects: int = 6  # new subjects per motion
 
 
-def reference_clips(motion: str, mode: str = "single") -> list[Path]:
-    clips = sorted((REFERENCE_ROOT / motion / mode).glob("*.mp4"))
+def reference_clips(motion: str, mode: str = "single", setup: WorldSetup = UNET_SETUP) -> list[Path]:
+    folder = setup.reference_root / motion / mode
+    clips = sorted(folder.glob("*.mp4"))
     if not clips:
-        raise FileNotFoundError(f"no reference clip for {motion!r} in {REFERENCE_ROOT / motion / mode} "
-                                "(python -m utils.toy_world make-data test_data/toy_world --reference)")
+        raise FileNotFoundError(f"no reference clip for {motion!r} in {folder} (python -m utils.toy_world "
+                                f"make-data {setup.reference_root} --reference --frames {setup.frames})")
     return clips
 
 
-def reference_clip(motion: str) -> Path:
-    return reference_clips(motion, "single")[0]
+def reference_clip(motion: str, setup: WorldSetup = UNET_SETUP) -> Path:
+    return reference_clips(motion, "single", setup)[0]
 
 
-def reference_subjects(motion: str, mode: str = "single") -> list[tuple[str, str]]:
+def reference_subjects(motion: str, mode: str = "single", setup: WorldSetup = UNET_SETUP) -> list[tuple[str, str]]:
     from utils.toy_world.evaluate import parse_caption
 
-    return [parse_caption(c.with_suffix(".txt").read_text(encoding="utf8"))[:2] for c in reference_clips(motion, mode)]
+    return [parse_caption(c.with_suffix(".txt").read_text(encoding="utf8"))[:2]
+            for c in reference_clips(motion, mode, setup)]
 
 
 def new_subjects(references: list[tuple[str, str]], count: int | None = None) -> list[tuple[str, str]]:
@@ -92,12 +115,12 @@ def leaked(score: ClipScore, prompt_subject: tuple[str, str], references: list[t
     return drawn != tuple(prompt_subject) and drawn in {tuple(r) for r in references}
 
 
-def data_overrides(motion: str, mode: str) -> list[str]:
+def data_overrides(motion: str, mode: str, setup: WorldSetup = UNET_SETUP) -> list[str]:
     if mode == "single":
-        clip = reference_clip(motion)
+        clip = reference_clip(motion, setup)
         caption = clip.with_suffix(".txt").read_text(encoding="utf8").strip()
         return [f"train_data.single_video_path={clip}", f"train_data.single_video_prompt={caption}"]
-    return ["dataset_types=[folder]", f"train_data.path={REFERENCE_ROOT / motion / mode}",
+    return ["dataset_types=[folder]", f"train_data.path={setup.reference_root / motion / mode}",
             "single_spatial_lora=False"]
 
 
@@ -109,10 +132,11 @@ def train_motiondirector(base: Path, motion: str, seed: int, steps: int, out_dir
     reused with its recorded seconds: training is seeded, so an interrupted or re-scored
     experiment need not train again.
     """
-    command = [sys.executable, "MotionDirector_train.py", "--config", str(CONFIG),
+    setup = setup_for(base)
+    command = [sys.executable, "MotionDirector_train.py", "--config", str(setup.config),
                f"pretrained_model_path={base}", f"output_dir={out_dir}", f"seed={seed}",
                f"max_train_steps={steps}", f"checkpointing_steps={steps}", f"validation_steps={steps}",
-               "validation_data.sample_preview=False", *data_overrides(motion, mode), *overrides]
+               "validation_data.sample_preview=False", *data_overrides(motion, mode, setup), *overrides]
     record = Path(out_dir) / "experiment_run.json"
     if record.is_file():
         done = json.loads(record.read_text(encoding="utf8"))
@@ -148,8 +172,8 @@ def sample_subjects(model, motion: str, subjects, sampling: Sampling, noise_prio
     started, clips = time.time(), []
     for shape, color in subjects:
         prompt = world.caption(shape, color, motion) if phrase is None else f"a {color} {shape} {phrase}"
-        settings = GenerationSettings(prompt=prompt, width=world.SIZE,
-                                      height=world.SIZE, num_frames=world.FRAMES, num_steps=sampling.num_steps,
+        settings = GenerationSettings(prompt=prompt, width=world.SIZE, height=world.SIZE,
+                                      num_frames=world.clip_frames(components.base.name), num_steps=sampling.num_steps,
                                       guidance_scale=sampling.guidance_scale, noise_prior=noise_prior)
         for seed in sampling.seeds:
             inverted = inverted_for(seed, settings, prior, components)
@@ -203,11 +227,11 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
 
     base, out_dir = Path(base).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    setup, rows = setup_for(base), []
     for motion in motions:
-        reference_frames = read_video(reference_clip(motion))
+        reference_frames = read_video(reference_clip(motion, setup))
         for mode in modes:
-            references = reference_subjects(motion, mode)
+            references = reference_subjects(motion, mode, setup)
             subjects = new_subjects(references, sampling.subjects)
 
             def add(name, seed, run, train_s, noise_prior=0.0):
@@ -240,13 +264,13 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
 
 
 def frame_strips(rows: list[dict], motion: str, names=("base", "motiondirector", "coupled"), mode: str = "single",
-                 scale: int = 2) -> np.ndarray:
+                 scale: int = 2, setup: WorldSetup = UNET_SETUP) -> np.ndarray:
     """uint8 picture: the reference clip's frames on top, then for each row name the first sample
     (same subject and seed) of the first training seed; one frame per column."""
     from utils.evaluation.inputs import read_video
     from utils.toy_world.compare import strip
 
-    clips = [read_video(reference_clip(motion))]
+    clips = [read_video(reference_clip(motion, setup))]
     for name in names:
         row = next((r for r in rows if r["row"] == name and r["motion"] == motion and r["mode"] == mode), None)
         if row is not None and row.get("samples"):

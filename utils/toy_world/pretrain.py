@@ -118,7 +118,7 @@ class PretrainSettings:
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """The RNG of one training step: a function of (seed, stage, step) only, so resuming is exact."""
-    stages = {"vae": 17, "unet": 29, "binding": 31, "vocabulary": 37}
+    stages = {"vae": 17, "unet": 29, "binding": 31, "vocabulary": 37, "dit_vae": 41, "dit": 43}
     return torch.Generator().manual_seed(seed * 1_000_003 + stages[stage] * 100_003 + step)
 
 

@@ -3,11 +3,13 @@ coupled tuning (and, for the debiased term, against MotionDirector) with 95% int
 
     summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
     differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
-    differences = all_differences(rows)       # those, then no_debias minus MotionDirector
+    differences = all_differences(rows)       # those, then no_debias and labelled rows minus MotionDirector
 
 A difference is paired: for every training seed, the row's score minus the other row's on the
 same motion, mode and seed; its interval is mean ± t(0.975, n - 1) · sd / sqrt(n) over the seeds.
 The base has no training seed: its one value is paired with every seed of the other row.
+A *labelled* row ("motiondirector@t_attn1_ffn": a run with other settings, see `label_rows`) is a
+row of its own, paired against coupled tuning and against MotionDirector.
 """
 
 from __future__ import annotations
@@ -38,11 +40,18 @@ def t_quantile(df: int) -> float:
     return T_975[max(d for d in T_975 if d <= df)] if df < 31 else 1.96
 
 
+def label_rows(rows: list[dict], label: str) -> list[dict]:
+    """The trained rows of a run with other settings (e.g. other LoRA layers), renamed
+    "<row>@<label>"; its base row is dropped (the base is the same model)."""
+    return [dict(r, row=f"{r['row']}@{label}") for r in rows if r["row"] != "base"]
+
+
 def groups(rows: list[dict]):
-    """(motion, mode, row name) in table order, each with its rows."""
+    """(motion, mode, row name) in table order (labelled rows last), each with its rows."""
+    names = ROW_ORDER + [n for n in dict.fromkeys(r["row"] for r in rows) if n not in ROW_ORDER]
     for motion in dict.fromkeys(r["motion"] for r in rows):
         for mode in dict.fromkeys(r["mode"] for r in rows):
-            for name in ROW_ORDER:
+            for name in names:
                 picked = [r for r in rows if (r["motion"], r["mode"], r["row"]) == (motion, mode, name)]
                 if picked:
                     yield motion, mode, name, picked
@@ -87,10 +96,11 @@ def paired_differences(rows: list[dict], against: str = "coupled") -> list[dict]
 
 
 def all_differences(rows: list[dict]) -> list[dict]:
-    """Every row against coupled tuning, then the debiased term's effect: no_debias against
-    MotionDirector, seed by seed."""
-    debias = [line for line in paired_differences(rows, against="motiondirector") if line["row"] == "no_debias"]
-    return paired_differences(rows) + debias
+    """Every row against coupled tuning, then against MotionDirector, seed by seed: no_debias (the
+    debiased term's effect) and every labelled row (the effect of its settings)."""
+    against_md = [line for line in paired_differences(rows, against="motiondirector")
+                  if line["row"] == "no_debias" or "@" in line["row"]]
+    return paired_differences(rows) + against_md
 
 
 def format_table(summary: list[dict]) -> str:

@@ -26,6 +26,9 @@ import numpy as np
 
 SIZE = 64
 FRAMES = 8
+# Wan's VAE reads 4k + 1 frames (a lone first frame, then groups of 4): the DiT base's clips are 9
+# frames, the same world with the clock bar growing SIZE / 9 pixels a frame.
+DIT_FRAMES = 9
 FPS = 8
 RADIUS = 11.0  # half the side of the subject's bounding box, in pixels (~3 latent cells wide)
 TRAVEL = 24.0  # how far a base motion moves the subject over the clip, in pixels
@@ -126,6 +129,11 @@ class ClipSpec:
         x, y = (int(round(v)) for v in self.start)
         tag = self.member.tag if self.member else ""
         return f"{self.color}_{self.shape}_{self.motion}{tag}_{x:02d}_{y:02d}"
+
+
+def clip_frames(base_name: str) -> int:
+    """The clip length of a base model of the world, by its base's name (`VideoBase.name`)."""
+    return DIT_FRAMES if base_name == "wan" else FRAMES
 
 
 def caption(shape: str, color: str, motion: str) -> str:
@@ -274,20 +282,21 @@ def start_range(motion: str, frames: int = FRAMES, size: int = SIZE, margin: flo
 
 
 def random_spec(rng: np.random.Generator, shape: str, color: str, motion: str,
-                spread: float | None = None, member: Member | None = None) -> ClipSpec:
+                spread: float | None = None, member: Member | None = None, frames: int = FRAMES) -> ClipSpec:
     """A spec with a random start: anywhere in `start_range`, or within `spread` pixels of the
     centred start (clipped to the range)."""
-    (x0, x1), (y0, y1) = start_range(motion, member=member)
+    (x0, x1), (y0, y1) = start_range(motion, frames, member=member)
     if spread is not None:
-        (cx, cy) = centered_spec(shape, color, motion, member).start
+        (cx, cy) = centered_spec(shape, color, motion, member, frames).start
         x0, x1 = max(x0, cx - spread), min(x1, cx + spread)
         y0, y1 = max(y0, cy - spread), min(y1, cy + spread)
     return ClipSpec(shape, color, motion, (float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))), member)
 
 
-def centered_spec(shape: str, color: str, motion: str, member: Member | None = None) -> ClipSpec:
-    """The spec whose clip is centred in the frame (the middle of `start_range`)."""
-    (x0, x1), (y0, y1) = start_range(motion, member=member)
+def centered_spec(shape: str, color: str, motion: str, member: Member | None = None,
+                  frames: int = FRAMES) -> ClipSpec:
+    """The spec whose clip (of `frames` frames) is centred in the frame (the middle of `start_range`)."""
+    (x0, x1), (y0, y1) = start_range(motion, frames, member=member)
     return ClipSpec(shape, color, motion, ((x0 + x1) / 2, (y0 + y1) / 2), member)
 
 
@@ -308,14 +317,15 @@ def random_member(rng: np.random.Generator, motion: str) -> Member | None:
     return Member(kind, float(rng.uniform(*WIGGLE_AMPLITUDE)), float(rng.choice(WIGGLE_PERIODS)), float(rng.uniform()))
 
 
-def family_specs(per_caption: int, seed: int, spread: float | None = START_SPREAD) -> list[ClipSpec]:
+def family_specs(per_caption: int, seed: int, spread: float | None = START_SPREAD,
+                 frames: int = FRAMES) -> list[ClipSpec]:
     """`per_caption` clips of every shape x colour x family, each a random member of its family,
-    started within `spread` pixels of its centred start: the v2 pretraining data."""
+    started within `spread` pixels of its centred start: the v2 pretraining data (of `frames`-frame clips)."""
     rng = np.random.default_rng(seed)
     specs = []
     for _ in range(per_caption):
         for shape, color, motion in all_combinations(FAMILIES):
-            specs.append(random_spec(rng, shape, color, motion, spread, random_member(rng, motion)))
+            specs.append(random_spec(rng, shape, color, motion, spread, random_member(rng, motion), frames))
     return specs
 
 
@@ -332,12 +342,12 @@ def sample_specs(per_combination: int, seed: int, motions=BASE_MOTIONS,
             for _ in range(per_combination) for combo in all_combinations(motions)]
 
 
-def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS) -> Path:
+def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS, frames: int = FRAMES) -> Path:
     """Write `<stem>.mp4` and its `<stem>.txt` caption (what MotionDirector's folder dataset reads)."""
     from utils.tools.synthetic import write_caption
     from utils.io.video_io import write_video
 
-    path = write_video(Path(folder) / f"{spec.stem}.mp4", render(spec), fps)
+    path = write_video(Path(folder) / f"{spec.stem}.mp4", render(spec, frames), fps)
     write_caption(path, spec.caption)
     return path
 
@@ -346,13 +356,13 @@ def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS) -> Path:
 REFERENCE_SUBJECTS = (("square", "blue"), ("circle", "yellow"), ("triangle", "red"))
 
 
-def write_reference_clips(root: str | Path) -> list[Path]:
-    """The new motions' reference clips: `<root>/<motion>/single/` (one subject, centred) and
-    `<root>/<motion>/multi/` (three subjects), each clip with its caption."""
+def write_reference_clips(root: str | Path, frames: int = FRAMES) -> list[Path]:
+    """The new motions' reference clips of `frames` frames: `<root>/<motion>/single/` (one subject,
+    centred) and `<root>/<motion>/multi/` (three subjects), each clip with its caption."""
     written = []
     for motion in NEW_MOTIONS:
         for index, (shape, color) in enumerate(REFERENCE_SUBJECTS):
-            spec = centered_spec(shape, color, motion)
+            spec = centered_spec(shape, color, motion, frames=frames)
             folders = ["multi"] + (["single"] if index == 0 else [])
-            written += [write_clip(spec, Path(root) / motion / folder) for folder in folders]
+            written += [write_clip(spec, Path(root) / motion / folder, frames=frames) for folder in folders]
     return written
