@@ -92,3 +92,16 @@ def test_shipped_dit_base_trains_motiondirector_from_the_dit_config(tmp_path):
     spatial = load_file(next((run / "spatial" / "lora").glob("*.safetensors")))
     assert temporal and all(".attn1." in k for k in temporal)
     assert any(".ffn." in k for k in spatial) and not any(".attn2." in k for k in spatial)
+
+
+@pytest.mark.skipif(not (SHIPPED_DIT / "model_index.json").is_file(), reason="the shipped DiT base is not built")
+def test_shipped_dit_base_samples_the_prompts_direction():
+    """The gate found every drift and "standing still" right (120 of 120): a few of them here,
+    through the project's sampler, 9 frames each."""
+    from utils.toy_world.evaluate import evaluate
+
+    combos = [("circle", "red", "left"), ("triangle", "green", "up"), ("square", "blue", "right"),
+              ("circle", "blue", "still")]
+    report = evaluate(SHIPPED_DIT, combos, samples_per_prompt=1, num_steps=20, guidance_scale=4.0)
+    assert report["summary"]["frames"] == world.DIT_FRAMES
+    assert [clip["motion"] for clip in report["clips"]] == [motion for _, _, motion in combos]
