@@ -47,22 +47,30 @@ FOREGROUND_WEIGHT = 10.0
 
 
 @dataclass
-class PretrainSettings:
+class StageSettings:
+    """The settings both pretraining recipes share: this module's UNet base (`PretrainSettings`) and
+    the DiT base (`pretrain_dit.DitSettings`)."""
+
     seed: int = 0
-    vae_steps: int = 1500
-    vae_batch: int = 16
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 2500
-    unet_batch: int = 16
-    unet_lr: float = 1e-3
     warmup_steps: int = 100
     ema_decay: float = 0.999
-    clips_per_combination: int = 16  # pretraining clips of each shape x colour x base motion
-    start_spread: float | None = world.START_SPREAD  # pixels around the centred start (see world.START_SPREAD)
+    clips_per_family_caption: int = 48  # vocabulary clips of each shape x colour x family
     uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
     checkpoint_every: int = 100
     time_budget_s: float = math.inf  # stop (resumably) after this many seconds of this call
+
+
+@dataclass
+class PretrainSettings(StageSettings):
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    unet_steps: int = 2500
+    unet_batch: int = 16
+    unet_lr: float = 1e-3
+    clips_per_combination: int = 16  # pretraining clips of each shape x colour x base motion
+    start_spread: float | None = world.START_SPREAD  # pixels around the centred start (see world.START_SPREAD)
     # v-prediction: the loss weighs the clip's layout at high noise (where the prompt alone must
     # decide it) 1/alpha_bar times more than epsilon-prediction does (docs/toy_world.md).
     v_prediction: bool = False
@@ -85,7 +93,6 @@ class PretrainSettings:
     # own warm-up and cosine learning rate. 0 skips it (the v1 base).
     vocabulary_steps: int = 0
     vocabulary_lr: float = 5e-4
-    clips_per_family_caption: int = 48  # clips of each shape x colour x family
     # A pipeline folder whose VAE, text encoder, tokenizer and UNet stand for the stages before
     # the vocabulary stage (e.g. models/toy_world_base, the v1 base: this recipe's main stage).
     init_from: str | None = None
@@ -161,11 +168,13 @@ def random_frames(gen: torch.Generator, count: int) -> torch.Tensor:
 
 
 def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(loss, plain MSE) of frames (N, 3, H, W) or clips (N, 3, F, H, W) through `vae`."""
     posterior = vae.encode(pixels).latent_dist
     latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
     recon = vae.decode(latents).sample
     # the subject covers ~5% of a frame: weigh its pixels up, or the VAE first learns a grey frame
-    background = pixels[:, :, -1].median(dim=-1).values[..., None, None]  # the bottom row: no clock, no subject
+    # each frame's bottom row: no clock, no subject
+    background = pixels[..., -1, :].median(dim=-1).values[..., None, None]
     subject = (pixels - background).abs().amax(dim=1, keepdim=True) > 0.1
     weight = 1.0 + (FOREGROUND_WEIGHT - 1.0) * subject.float()
     mse = torch.nn.functional.mse_loss(recon, pixels)

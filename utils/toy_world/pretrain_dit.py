@@ -3,7 +3,7 @@
 The result is a `WanPipeline` folder in the diffusers layout (WanTransformer3DModel, the causal 3D
 AutoencoderKLWan, a frozen random UMT5 encoder with a whole-word tokenizer, Wan's UniPC flow
 scheduler), loaded by every script of the project through the Wan base. Clips are 9 frames
-(`DIT_FRAMES`): Wan's VAE reads a lone first frame, then groups of 4, so a clip has 4k + 1 frames;
+(`world.DIT_FRAMES`): Wan's VAE reads a lone first frame, then groups of 4, so a clip has 4k + 1 frames;
 9 frames are 3 latent frames of 8x8.
 
 Two stages, each resumable (a checkpoint every `checkpoint_every` steps; the data of step k is a
@@ -22,7 +22,6 @@ direction words are bound by the plain loss (the UNet's temporal attention is bl
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,17 +33,17 @@ import torch
 from utils.toy_world import world
 from utils.toy_world.base_parts import WORDS
 from utils.toy_world.pretrain import (
-    FOREGROUND_WEIGHT,
+    StageSettings,
     learning_rate,
     load_checkpoint,
     save_checkpoint,
     step_generator,
     update_ema,
+    vae_loss,
 )
 
 logger = logging.getLogger(__name__)
 
-DIT_FRAMES = world.DIT_FRAMES
 TEXT_LENGTH = 512  # WanPipeline's max_sequence_length: the states the transformer is trained on
 # 3 heads of 32 (rope splits 32 into 12 + 10 + 10), 6 blocks; 2x2 patches of 8x8 latents: 48 tokens a clip.
 TRANSFORMER_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=32, in_channels=16,
@@ -56,22 +55,13 @@ TEXT_ENCODER_CONFIG = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=
 
 
 @dataclass
-class DitSettings:
-    seed: int = 0
+class DitSettings(StageSettings):
     vae_steps: int = 900
     vae_clips: int = 4  # whole clips per VAE step
     vae_frames: int = 8  # lone frames (one-frame videos) per VAE step
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-6
     steps: int = 5000
     batch: int = 16
     lr: float = 1e-3
-    warmup_steps: int = 100
-    ema_decay: float = 0.999
-    clips_per_family_caption: int = 48
-    uncond_prob: float = 0.1
-    checkpoint_every: int = 100
-    time_budget_s: float = math.inf
 
 
 # ----------------------------------------------------------------------------- text and folder
@@ -106,40 +96,28 @@ def write_pipeline(out: Path, transformer) -> None:
     built = out.with_name(out.name + ".tmp")
     shutil.rmtree(built, ignore_errors=True)
     pipeline.save_pretrained(built)
-    shutil.rmtree(built / "checkpoints", ignore_errors=True)
     move_into(built, out)
 
 
 # ----------------------------------------------------------------------------- VAE stage
 
 
+def clip_pixels(specs: list[world.ClipSpec]) -> torch.Tensor:
+    """(len(specs), 3, DIT_FRAMES, H, W) in [-1, 1]: the rendered 9-frame clips."""
+    clips = np.stack([world.render(spec, world.DIT_FRAMES) for spec in specs])
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
 def random_clips(gen: torch.Generator, count: int) -> torch.Tensor:
-    """(count, 3, DIT_FRAMES, H, W) in [-1, 1]: random clips of every family and new motion."""
+    """`clip_pixels` of `count` random clips of every family and new motion."""
     rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     combos = world.all_combinations(world.FAMILIES + world.NEW_MOTIONS)
-    clips = []
+    specs = []
     for _ in range(count):
         shape, color, motion = combos[rng.integers(len(combos))]
         member = world.random_member(rng, motion) if motion in world.FAMILIES else None
-        clips.append(world.render(world.random_spec(rng, shape, color, motion, member=member, frames=DIT_FRAMES),
-                                  DIT_FRAMES))
-    return torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-
-
-def weighted_reconstruction(recon: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """MSE with the subject's pixels weighed FOREGROUND_WEIGHT times (it covers ~5% of a frame)."""
-    background = pixels[..., -1, :].median(dim=-1).values[..., None, None]  # each frame's bottom row
-    subject = (pixels - background).abs().amax(dim=1, keepdim=True) > 0.1
-    weight = 1.0 + (FOREGROUND_WEIGHT - 1.0) * subject.float()
-    return ((recon - pixels) ** 2 * weight).mean() / weight.mean()
-
-
-def vae_step_loss(vae, pixels: torch.Tensor, kl_weight: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:
-    posterior = vae.encode(pixels).latent_dist
-    latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-    recon = vae.decode(latents).sample
-    loss = weighted_reconstruction(recon, pixels) + kl_weight * posterior.kl().mean()
-    return loss, torch.nn.functional.mse_loss(recon, pixels).item()
+        specs.append(world.random_spec(rng, shape, color, motion, member=member, frames=world.DIT_FRAMES))
+    return clip_pixels(specs)
 
 
 def train_vae(out: Path, settings: DitSettings, deadline: float) -> bool:
@@ -164,9 +142,9 @@ def train_vae(out: Path, settings: DitSettings, deadline: float) -> bool:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings.vae_lr, settings.warmup_steps, settings.vae_steps)
         clips = random_clips(gen, settings.vae_clips + settings.vae_frames)
-        frame = torch.randint(0, DIT_FRAMES, (1,), generator=gen).item()
-        whole, mse = vae_step_loss(vae, clips[: settings.vae_clips], settings.kl_weight, gen)
-        lone, _ = vae_step_loss(vae, clips[settings.vae_clips:, :, frame:frame + 1], settings.kl_weight, gen)
+        frame = torch.randint(0, world.DIT_FRAMES, (1,), generator=gen).item()
+        whole, mse = vae_loss(vae, clips[: settings.vae_clips], settings.kl_weight, gen)
+        lone, _ = vae_loss(vae, clips[settings.vae_clips:, :, frame:frame + 1], settings.kl_weight, gen)
         optimizer.zero_grad(set_to_none=True)
         (whole + 0.5 * lone).backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -222,12 +200,9 @@ def encode_family_clips(out: Path, settings: DitSettings) -> dict:
         return torch.load(cache, weights_only=True)
     vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
     mean, std = folder_statistics(vae, "cpu")
-    specs = world.family_specs(settings.clips_per_family_caption, settings.seed + 5, frames=DIT_FRAMES)
-    latents = []
-    for chunk in range(0, len(specs), 16):
-        clips = np.stack([world.render(s, DIT_FRAMES) for s in specs[chunk:chunk + 16]])
-        pixels = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        latents.append((vae.encode(pixels).latent_dist.mean - mean) / std)
+    specs = world.family_specs(settings.clips_per_family_caption, settings.seed + 5, frames=world.DIT_FRAMES)
+    latents = [(vae.encode(clip_pixels(specs[chunk:chunk + 16])).latent_dist.mean - mean) / std
+               for chunk in range(0, len(specs), 16)]
     captions = sorted({s.caption for s in specs})
     data = {"latents": torch.cat(latents), "captions": captions,
             "caption_index": torch.tensor([captions.index(s.caption) for s in specs])}
@@ -247,11 +222,8 @@ def caption_states(out: Path, captions: list[str]) -> torch.Tensor:
     return umt5_states(tokenizer, text_encoder, list(captions) + [""], TEXT_LENGTH, "cpu")
 
 
-def flow_loss(transformer, scheduler, latents, text, gen: torch.Generator) -> torch.Tensor:
-    """The Wan base's training loss: its timestep draw, noising and velocity target."""
-    from models.bases.wan import WanBase
-
-    base = WanBase()
+def flow_loss(base, transformer, scheduler, latents, text, gen: torch.Generator) -> torch.Tensor:
+    """The Wan base's (`base`) training loss: its timestep draw, noising and velocity target."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         timesteps = base.draw_timesteps(scheduler, latents.shape[0], "cpu")
@@ -265,9 +237,10 @@ def train_transformer(out: Path, settings: DitSettings, deadline: float) -> bool
     """Train (or resume) the transformer on the family clips; True when it has all its steps."""
     from diffusers import WanTransformer3DModel
 
+    from models.bases.wan import WanBase
     from models.bases.wan_parts import SCHEDULER_CONFIG, flow_scheduler_of
 
-    scheduler = flow_scheduler_of(SCHEDULER_CONFIG)
+    base, scheduler = WanBase(), flow_scheduler_of(SCHEDULER_CONFIG)
     torch.manual_seed(settings.seed)
     transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=settings.lr, weight_decay=1e-2)
@@ -298,7 +271,7 @@ def train_transformer(out: Path, settings: DitSettings, deadline: float) -> bool
         caption = data["caption_index"][index]
         dropped = torch.rand(settings.batch, generator=gen) < settings.uncond_prob
         caption = torch.where(dropped, torch.full_like(caption, len(states) - 1), caption)
-        loss = flow_loss(transformer, scheduler, data["latents"][index], states[caption], gen)
+        loss = flow_loss(base, transformer, scheduler, data["latents"][index], states[caption], gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
