@@ -606,9 +606,12 @@ def test_vae_round_trip_reads_the_clip_and_its_decode(capsys):
 
     clip = REPO / "test_data" / "toy_world" / "zigzag" / "single" / "blue_square_zigzag_20_32.mp4"
     main(["vae-roundtrip", str(SHIPPED_BASE), str(clip), "--motion", "zigzag"])
-    (line,) = [line for line in capsys.readouterr().out.splitlines() if "zigzag:" in line]
+    out = capsys.readouterr().out.splitlines()
+    (line,) = [line for line in out if "zigzag:" in line]
     written, decoded = [float(word) for word in line.replace(",", " ").split() if word.replace(".", "").isdigit()][:2]
     assert written < 1.5 and written < decoded < 4.0
+    (shifts,) = [line.split(":")[1].split() for line in out if "centre shift per frame" in line]
+    assert len(shifts) == world.FRAMES and max(map(float, shifts)) <= 1.5  # a per-frame VAE moves no frame (0-0.5 px)
 
 
 def test_compare_summarizes_pairs_named_as_the_inference_scripts_name_them(tmp_path):

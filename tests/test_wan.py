@@ -78,6 +78,43 @@ def test_sizes_must_be_multiples_of_16():
     assert WAN.latent_shape(2, 49, 480, 832) == (2, 16, 13, 60, 104)
 
 
+def _with_vae(wan_dir, out: Path, **vae_config) -> Path:
+    """A copy of the tiny folder with a fresh VAE of `vae_config` (over the tiny one's)."""
+    import shutil
+
+    from diffusers import AutoencoderKLWan
+
+    from models.bases.wan_tiny import TINY_VAE
+
+    shutil.copytree(wan_dir, out)
+    shutil.rmtree(out / "vae")
+    torch.manual_seed(2)
+    AutoencoderKLWan(**dict(TINY_VAE, **vae_config)).save_pretrained(out / "vae")
+    return out
+
+
+def test_the_folders_vae_sets_the_time_compression_as_in_the_stock_pipeline(wan_dir, tmp_path):
+    """A VAE halving time once (`scale_factor_temporal` 2): 9 frames are 5 latent frames for the base
+    as for WanPipeline, encoding and decoding keep 9 frames; Wan 2.1's folders keep the shared base."""
+    folder = _with_vae(wan_dir, tmp_path / "halving", temperal_downsample=[False, False, True], scale_factor_temporal=2)
+    base = base_for_model(str(folder))
+    assert base is not WAN and WAN.temporal_compression == 4 and base_for_model(str(wan_dir)) is WAN
+    assert (base.latent_frames(9), base.pixel_frames(5), base.latent_shape(1, 9, 64, 64)) == (5, 9, (1, 16, 5, 8, 8))
+    pipe = WanPipeline.from_pretrained(str(folder))
+    stock = pipe(PROMPT, num_frames=9, height=64, width=64, num_inference_steps=1, output_type="latent").frames
+    assert stock.shape == (1, 16, 5, 8, 8)
+    components = load_components(str(folder))
+    assert components.base.temporal_compression == 2
+    latents = components.encode_video(to_pixel_values(moving_shape_frames(9, 64), 64, 64)[None])
+    assert latents.shape == (1, 16, 5, 8, 8) and components.decode_video(latents).shape == (1, 9, 64, 64, 3)
+
+
+def test_a_vae_config_at_odds_with_itself_is_a_one_line_error(wan_dir, tmp_path):
+    folder = _with_vae(wan_dir, tmp_path / "odd", scale_factor_temporal=2)  # time still halved twice
+    with pytest.raises(UserError, match="states scale_factor_temporal 2, which its temperal_downsample"):
+        base_for_model(str(folder))
+
+
 def test_training_refuses_a_bad_frame_count_before_loading(wan_dir, tmp_path, capsys):
     import MotionDirector_train
     from utils.cli import run_cli

@@ -77,7 +77,7 @@ def base_for_model(model_path: str, options: dict | None = None) -> VideoBase:
             if Path(model_path).is_dir():
                 base.check_folder(Path(model_path))
             base.check_options(index, options or {})
-            return base
+            return base.for_folder(str(model_path))
     known = ", ".join(f"{c} ({b.label})" for b in BASES.values() for c in b.pipeline_classes)
     raise UserError(f"{model_path} is a {kind or 'pipeline without _class_name'}, which no base loads; "
                     f"supported: {known}")

@@ -114,6 +114,11 @@ class VideoBase:
 
     # ------------------------------------------------------------------ loading
 
+    def for_folder(self, model_path: str) -> "VideoBase":
+        """This base as the folder (or hub id) `model_path` sets it up: a base whose sizes depend on
+        the folder's configs returns a copy that holds them; the others return themselves."""
+        return self
+
     def check_folder(self, path: Path) -> None:
         """A local model folder must hold what `load` reads (raise UserError otherwise)."""
 

@@ -2,10 +2,11 @@
 encoder, the causal 3D AutoencoderKLWan, flow matching.
 
 What differs from the UNet bases, and why:
-* Frames: the VAE compresses time by 4 and encodes a lone first frame alone, so a clip has 4k+1
-  frames (k+1 latent frames) and a single frame is one latent frame; sizes are multiples of 16
-  (8x VAE, 2x2 patches).
-* Latent frame i of a clip mixes 4 pixel frames, so the spatial path trains on per-frame image
+* Frames: the VAE encodes a lone first frame, then groups of 4, so a clip has 4k+1 frames and a
+  single frame is one latent frame; Wan 2.1's VAE compresses time by 4 (k+1 latent frames), a
+  folder's VAE may say otherwise (`scale_factor_temporal`, read as WanPipeline does); sizes are
+  multiples of 16 (8x VAE, 2x2 patches).
+* Latent frame i of a clip mixes several pixel frames, so the spatial path trains on per-frame image
   latents (`frames_are_images = False`), each frame encoded alone as a one-frame video.
 * LoRA layers: the DiT has no temporal layers; every block has self-attention (`attn1`, the only
   layer that mixes tokens, hence frames), cross-attention to the text (`attn2`) and a feed-forward
@@ -20,6 +21,7 @@ What differs from the UNet bases, and why:
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 TEXT_LENGTH = 512  # the prompt length WanPipeline.__call__ encodes (max_sequence_length)
-TEMPORAL_COMPRESSION = 4
+VAE_CHUNK = 4  # AutoencoderKLWan encodes a lone first frame, then groups of this many frames
 VAE_FRAMES_PER_CHUNK = 8  # frames encoded as images in one VAE call
 TINY_WIDTH = 256  # transformer width below which a folder is a test model (1.3B: 1536, 14B: 5120)
 TEXT_STATES = "text_states"  # Components.extras key: prompt -> its UMT5 states, on the CPU
@@ -63,6 +65,7 @@ class WanBase(VideoBase):
     default_fps = 16  # Wan's sample_fps
     hub_tags = ("text-to-video", "wan", "wan2.1")
     frames_are_images = False
+    temporal_compression = 4  # Wan 2.1's VAE; `for_folder` reads a folder's own
     text_encoder_on_cpu = True
     vae_dtype = torch.float32  # diffusers recommends it for decoding quality (0.5 GB)
     checkpoint_granularities = ("block",)
@@ -82,16 +85,34 @@ class WanBase(VideoBase):
     # ------------------------------------------------------------------ sizes
 
     def check_frames(self, frames: int, what: str) -> None:
-        if frames < 1 or (frames - 1) % TEMPORAL_COMPRESSION:
-            nearest = max(1, round((frames - 1) / TEMPORAL_COMPRESSION) * TEMPORAL_COMPRESSION + 1)
+        if frames < 1 or (frames - 1) % VAE_CHUNK:
+            nearest = max(1, round((frames - 1) / VAE_CHUNK) * VAE_CHUNK + 1)
             raise UserError(f"{what} must be 4k+1 (1, 5, 9, ..., 33, 49, 81) for {self.label}, got {frames}; "
                             f"nearest valid: {nearest}")
 
     def latent_frames(self, frames: int) -> int:
-        return (frames - 1) // TEMPORAL_COMPRESSION + 1
+        return (frames - 1) // self.temporal_compression + 1
 
     def pixel_frames(self, latent_frames: int) -> int:
-        return (latent_frames - 1) * TEMPORAL_COMPRESSION + 1
+        return (latent_frames - 1) * self.temporal_compression + 1
+
+    def for_folder(self, model_path: str) -> "WanBase":
+        """The folder's VAE's temporal factor, where WanPipeline reads it (`scale_factor_temporal`; a
+        config without the key has diffusers' default, 4). Wan 2.1's own VAE gives this base itself,
+        as does a VAE config that cannot be read here (loading the folder reports that)."""
+        try:
+            config = AutoencoderKLWan.load_config(model_path, subfolder="vae")
+        except OSError:
+            return self
+        factor = int(config.get("scale_factor_temporal") or 4)
+        if factor == self.temporal_compression:
+            return self
+        if 2 ** sum(config.get("temperal_downsample", (False, True, True))) != factor:
+            raise UserError(f"the VAE of {model_path} states scale_factor_temporal {factor}, which its "
+                            f"temperal_downsample {config.get('temperal_downsample')} does not give; fix vae/config.json")
+        folder_base = copy.copy(self)
+        folder_base.temporal_compression = factor
+        return folder_base
 
     def folder_sampling(self, model_path: str) -> dict:
         """The tiny test model (a transformer narrower than any real Wan) samples 64x64x9."""
@@ -175,7 +196,7 @@ class WanBase(VideoBase):
 
     @torch.no_grad()
     def decode_video(self, components: Components, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 16, f, h, w) -> (B, 4(f-1)+1, H, W, 3) uint8 frames on the CPU."""
+        """(B, 16, f, h, w) -> (B, pixel_frames(f), H, W, 3) uint8 frames on the CPU."""
         vae = components.vae
         mean, std = wan_parts.latent_statistics(vae, latents.device)
         video = vae.decode((latents.float() * std + mean).to(vae.dtype)).sample  # (B, 3, F, H, W)

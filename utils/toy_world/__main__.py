@@ -45,6 +45,7 @@ def _pretrain_dit(args) -> None:
 
     torch.set_num_threads(args.threads)
     settings = DitSettings(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps,
+                           vae_temporal_factor=args.vae_temporal_factor,
                            time_budget_s=args.time_budget * 60 if args.time_budget else math.inf)
     sys.exit(0 if pretrain_dit(args.out_dir, settings) else 3)
 
@@ -155,6 +156,7 @@ def _vae_round_trip(args) -> None:
     for row in vae_round_trip(args.model, clips, args.seed):
         print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
               f"{row['round_trip_px']:5.2f} px after the VAE  ({row['clip']})")
+        print(f"{'':>9}  centre shift per frame (px): {' '.join('-' if s is None else str(s) for s in row['frame_px'])}")
 
 
 def _layout(args) -> None:
@@ -273,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     dit.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
     dit.add_argument("--vae-steps", type=int, default=900, help="VAE training steps (default 900)")
     dit.add_argument("--steps", type=int, default=5000, help="transformer training steps (default 5000)")
+    dit.add_argument("--vae-temporal-factor", type=int, default=2, choices=(2, 4),
+                     help="the VAE's time compression (default 2, the shipped base's; 4 is Wan 2.1's)")
     dit.add_argument("--time-budget", type=float, default=None, help="minutes; stop resumably after them")
     dit.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     dit.set_defaults(run=_pretrain_dit)

@@ -17,6 +17,7 @@ import numpy as np
 
 from utils.evaluation.inputs import read_video
 from utils.evaluation.motion_fidelity import motion_fidelity
+from utils.toy_world.detector import read_clip
 from utils.toy_world.evaluate import parse_caption
 from utils.toy_world.score import score_clip
 from utils.toy_world.world import without_clocks
@@ -108,5 +109,13 @@ def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], 
         decoded = components.decode_video(components.encode_video(pixels))[0].numpy()
         rows.append({"clip": str(clip), "motion": motion,
                      "file_px": round(score_clip(frames, shape, color, motion).trajectory_distance, 2),
-                     "round_trip_px": round(score_clip(decoded, shape, color, motion).trajectory_distance, 2)})
+                     "round_trip_px": round(score_clip(decoded, shape, color, motion).trajectory_distance, 2),
+                     "frame_px": frame_shifts(frames, decoded)})
     return rows
+
+
+def frame_shifts(written: np.ndarray, decoded: np.ndarray) -> list[float | None]:
+    """How far the detector's subject centre moved in each frame from `written` to `decoded`
+    (None where either frame shows no subject): which frames a VAE blurs together."""
+    shifts = np.linalg.norm(read_clip(written).track[:, :2] - read_clip(decoded).track[:, :2], axis=1)
+    return [None if np.isnan(shift) else round(float(shift), 1) for shift in shifts]

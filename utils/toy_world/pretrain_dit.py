@@ -4,7 +4,8 @@ The result is a `WanPipeline` folder in the diffusers layout (WanTransformer3DMo
 AutoencoderKLWan, a frozen random UMT5 encoder with a whole-word tokenizer, Wan's UniPC flow
 scheduler), loaded by every script of the project through the Wan base. Clips are 9 frames
 (`world.DIT_FRAMES`): Wan's VAE reads a lone first frame, then groups of 4, so a clip has 4k + 1 frames;
-9 frames are 3 latent frames of 8x8.
+the VAE halves time once (`DitSettings.vae_temporal_factor`, Wan 2.1's is 4), so 9 frames are 5
+latent frames of 8x8.
 
 Two stages, each resumable (a checkpoint every `checkpoint_every` steps; the data of step k is a
 function of (seed, k)):
@@ -45,12 +46,23 @@ from utils.toy_world.pretrain import (
 logger = logging.getLogger(__name__)
 
 TEXT_LENGTH = 512  # WanPipeline's max_sequence_length: the states the transformer is trained on
-# 3 heads of 32 (rope splits 32 into 12 + 10 + 10), 6 blocks; 2x2 patches of 8x8 latents: 48 tokens a clip.
+# 3 heads of 32 (rope splits 32 into 12 + 10 + 10), 6 blocks; 2x2 patches of 8x8 latents: 16 tokens a latent frame.
 TRANSFORMER_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=32, in_channels=16,
                           out_channels=16, text_dim=32, freq_dim=64, ffn_dim=256, num_layers=6, cross_attn_norm=True,
                           qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32)
-# Wan's VAE structure (8x in space, 4x in time, 16 latent channels), 8 channels at the first level.
-VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
+# Wan's VAE structure (8x in space, 16 latent channels), 8 channels at the first level; its
+# downsampling in time follows `DitSettings.vae_temporal_factor` (`vae_config`).
+VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+
+
+def vae_config(temporal_factor: int) -> dict:
+    """VAE_CONFIG compressing time by `temporal_factor` (2 or 4: one or two of its downsamplings halve
+    time too), the factor stated where WanPipeline reads it (`scale_factor_temporal`)."""
+    if temporal_factor not in (2, 4):
+        raise ValueError(f"vae_temporal_factor must be 2 or 4, got {temporal_factor}")
+    return dict(VAE_CONFIG, temperal_downsample=[False, temporal_factor == 4, True], scale_factor_temporal=temporal_factor)
+
+
 TEXT_ENCODER_CONFIG = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 
 
@@ -59,6 +71,10 @@ class DitSettings(StageSettings):
     vae_steps: int = 900
     vae_clips: int = 4  # whole clips per VAE step
     vae_frames: int = 8  # lone frames (one-frame videos) per VAE step
+    # Time compression of the VAE. Wan 2.1's 4 is too much for this 8-channel VAE: it returned each
+    # group of 4 frames at about their mean place, so no loop survived (docs/toy_world.md). 2 keeps
+    # a loop frame by frame; a 9-frame clip is then 5 latent frames (80 tokens instead of 48).
+    vae_temporal_factor: int = 2
     steps: int = 5000
     batch: int = 16
     lr: float = 1e-3
@@ -128,7 +144,7 @@ def train_vae(out: Path, settings: DitSettings, deadline: float) -> bool:
         return True
     ckpt_path = out / "checkpoints" / "vae.pt"
     torch.manual_seed(settings.seed + 2)
-    vae = AutoencoderKLWan(**VAE_CONFIG)
+    vae = AutoencoderKLWan(**vae_config(settings.vae_temporal_factor))
     start_certain(vae)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     step = 0
@@ -190,7 +206,7 @@ def latent_statistics(vae, seed: int, count: int = 64) -> tuple[list[float], lis
 
 @torch.no_grad()
 def encode_family_clips(out: Path, settings: DitSettings) -> dict:
-    """Normalised latent means (N, 16, 3, 8, 8) and caption index of every family clip, cached."""
+    """Normalised latent means (N, 16, latent frames, 8, 8) and caption index of every family clip, cached."""
     from diffusers import AutoencoderKLWan
 
     from models.bases.wan_parts import latent_statistics as folder_statistics
