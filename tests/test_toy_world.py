@@ -496,7 +496,9 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
     (tmp_path / "circling.jsonl").write_text("\n".join(json.dumps(r) for r in rows if r["motion"] == "circling"))
     main(["table", str(tmp_path / "zigzag.json"), str(tmp_path / "circling.jsonl"), "--out", str(tmp_path / "all.json")])
     merged = json.loads((tmp_path / "all.json").read_text(encoding="utf8"))
-    assert merged["summary"] == summary and len(merged["differences"]) == 6  # 5 against coupled, 1 against MD
+    assert merged["summary"] == summary and len(merged["differences"]) == 8  # 5 against coupled, 3 against MD
+    base_md = [d for d in merged["differences"] if (d["motion"], d["row"], d["against"]) == ("zigzag", "base", "motiondirector")]
+    assert base_md[0]["trajectory_distance"] == pytest.approx(7.0)  # 10 against 2, 4, 3
     printed = capsys.readouterr().out
     assert "| zigzag | single | motiondirector | 3.00 ± 0.82 |" in printed
     assert "| zigzag | single | motiondirector − coupled | -2.00 ± 2.48 |" in printed
@@ -511,25 +513,34 @@ def test_a_labelled_run_is_its_own_row_paired_against_motiondirector(tmp_path, c
 
     from utils.toy_world.__main__ import main
 
-    def row(name, seed, distance):
+    def row(name, seed, distance, own=10.0):
         scores = dict.fromkeys(("motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
                                 "train_s", "sample_s"), 0.0)
         return {"row": name, "motion": "circling", "mode": "single", "seed": seed, "trajectory_distance": distance,
-                **scores}
+                "reference_subject_distance": own, **scores}
 
-    default = [row("base", None, 9.0)] + [row("motiondirector", s, d) for s, d in enumerate([5.0, 6.0, 7.0])]
-    other = [row("base", None, 9.0)] + [row("motiondirector", s, d) for s, d in enumerate([4.0, 6.0, 5.0])]
+    default = [row("base", None, 9.0)] + [row("motiondirector", s, d, own)
+                                          for s, (d, own) in enumerate([(5.0, 12.0), (6.0, 15.0), (7.0, 12.0)])]
+    other = [row("base", None, 9.0)] + [row("motiondirector", s, d, own)
+                                        for s, (d, own) in enumerate([(4.0, 15.0), (6.0, 22.0), (5.0, 20.0)])]
     for name, rows in (("default", default), ("other", other)):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf8")
     main(["table", str(tmp_path / "default.jsonl"), f"{tmp_path / 'other.jsonl'}@t_ffn", "--out", str(tmp_path / "t.json")])
     merged = json.loads((tmp_path / "t.json").read_text(encoding="utf8"))
     assert [s["row"] for s in merged["summary"]] == ["base", "motiondirector", "motiondirector@t_ffn"]
-    (difference,) = merged["differences"]  # no coupled rows: only the labelled row against MotionDirector
+    # no coupled rows: only the base and the labelled row against MotionDirector
+    assert [d["row"] for d in merged["differences"]] == ["base", "motiondirector@t_ffn"]
+    difference = merged["differences"][1]
     # per seed -1, 0, -2: mean -1, sd 1, interval 4.303 / sqrt(3)
     assert difference["row"] == "motiondirector@t_ffn" and difference["against"] == "motiondirector"
     assert difference["trajectory_distance"] == pytest.approx(-1.0)
     assert difference["trajectory_distance_ci"] == pytest.approx(4.303 / np.sqrt(3))
-    assert "| circling | single | motiondirector@t_ffn − motiondirector | -1.00 ± 2.48 |" in capsys.readouterr().out
+    # the reference subject's own distance, paired too: +3, +7, +8: mean 6, sd sqrt(7)
+    assert difference["reference_subject_distance"] == pytest.approx(6.0)
+    assert difference["reference_subject_distance_ci"] == pytest.approx(4.303 * np.sqrt(7) / np.sqrt(3))
+    printed = capsys.readouterr().out
+    assert "| circling | single | motiondirector@t_ffn − motiondirector | -1.00 ± 2.48 |" in printed
+    assert "| +6.00 ± 6.57 | 3 |" in printed
 
 
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
@@ -610,6 +621,7 @@ def test_vae_round_trip_reads_the_clip_and_its_decode(capsys):
     (line,) = [line for line in out if "zigzag:" in line]
     written, decoded = [float(word) for word in line.replace(",", " ").split() if word.replace(".", "").isdigit()][:2]
     assert written < 1.5 and written < decoded < 4.0
+    assert "read as blue square" in line  # the 2D VAE keeps the subject's colour and shape
     (shifts,) = [line.split(":")[1].split() for line in out if "centre shift per frame" in line]
     assert len(shifts) == world.FRAMES and max(map(float, shifts)) <= 1.5  # a per-frame VAE moves no frame (0-0.5 px)
 

@@ -45,6 +45,20 @@ def test_bundled_dit_reference_clips_match_the_generator(tmp_path):
         assert score_clip(video, "square", "blue", path.parent.parent.name).trajectory_distance < 3.0
 
 
+def test_make_data_writes_every_subject_at_the_frame_count_asked(tmp_path):
+    """`make-data --new --frames 9`: one clip per shape x colour x new motion, 9 frames each (the
+    DiT base's), captioned as the world captions them."""
+    from utils.io.video_io import video_info
+    from utils.toy_world.__main__ import main
+
+    main(["make-data", str(tmp_path), "--per-combination", "1", "--new", "--frames", str(world.DIT_FRAMES)])
+    clips = sorted(tmp_path.glob("*.mp4"))
+    assert len(clips) == len(world.SHAPES) * len(world.COLORS) * len(world.NEW_MOTIONS)
+    assert {video_info(clip).num_frames for clip in clips} == {world.DIT_FRAMES}
+    caption = clips[0].with_suffix(".txt").read_text(encoding="utf8")
+    assert caption.split()[1] in world.COLORS and caption.split()[2] in world.SHAPES
+
+
 def test_dit_pretraining_writes_a_wan_pipeline_and_resumes_exactly(tmp_path):
     """A few steps of both stages write a WanPipeline folder the project loads as a Wan base and
     samples 9-frame clips from; a run stopped after one transformer step and resumed ends with the

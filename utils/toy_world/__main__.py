@@ -20,7 +20,7 @@ def _make_data(args) -> None:
     motions = world.NEW_MOTIONS if args.new else world.BASE_MOTIONS
     specs = world.sample_specs(args.per_combination, args.seed, motions)
     for spec in specs:
-        world.write_clip(spec, args.out_dir)
+        world.write_clip(spec, args.out_dir, frames=args.frames)
     logging.getLogger(__name__).info("wrote %d clips (+ captions) to %s", len(specs), args.out_dir)
 
 
@@ -155,7 +155,7 @@ def _vae_round_trip(args) -> None:
         for clip in reference_clips(motion, "single", setup_for(args.model))]
     for row in vae_round_trip(args.model, clips, args.seed):
         print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
-              f"{row['round_trip_px']:5.2f} px after the VAE  ({row['clip']})")
+              f"{row['round_trip_px']:5.2f} px after the VAE, read as {row['read_after']}  ({row['clip']})")
         print(f"{'':>9}  centre shift per frame (px): {' '.join('-' if s is None else str(s) for s in row['frame_px'])}")
 
 
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("out_dir", help="folder to write the clips into")
     make.add_argument("--per-combination", type=int, default=1, help="clips per shape x colour x motion")
     make.add_argument("--seed", type=int, default=0, help="seed of the start points")
-    make.add_argument("--frames", type=int, default=8, help="frames per reference clip (default 8; the DiT base: 9)")
+    make.add_argument("--frames", type=int, default=8, help="frames per clip (default 8; the DiT base: 9)")
     make.add_argument("--new", action="store_true", help="the new motions instead of the base ones")
     make.add_argument("--reference", action="store_true",
                       help="the new motions' reference clips (<motion>/single/, <motion>/multi/) instead")

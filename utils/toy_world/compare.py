@@ -93,7 +93,8 @@ def compare_videos(reference: str | Path, prompt: str | None, base_videos, md_vi
 def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], seed: int = 0) -> list[dict]:
     """The trajectory distance to its motion of each (clip, motion) as read from the file and after
     the base's VAE encode and decode (the latents sampled from the posterior with `seed`): how much
-    of a motion the VAE alone loses. A motion of None is the clip caption's (as `compare_videos`)."""
+    of a motion the VAE alone loses, and the colour and shape the detector reads after it. A motion
+    of None is the clip caption's (as `compare_videos`)."""
     import torch
 
     from models.bases import load_components
@@ -107,9 +108,11 @@ def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], 
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0
         torch.manual_seed(seed)
         decoded = components.decode_video(components.encode_video(pixels))[0].numpy()
+        after = score_clip(decoded, shape, color, motion)
         rows.append({"clip": str(clip), "motion": motion,
                      "file_px": round(score_clip(frames, shape, color, motion).trajectory_distance, 2),
-                     "round_trip_px": round(score_clip(decoded, shape, color, motion).trajectory_distance, 2),
+                     "round_trip_px": round(after.trajectory_distance, 2),
+                     "read_after": f"{after.color} {after.shape}",
                      "frame_px": frame_shifts(frames, decoded)})
     return rows
 

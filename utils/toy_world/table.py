@@ -3,7 +3,7 @@ coupled tuning (and, for the debiased term, against MotionDirector) with 95% int
 
     summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
     differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
-    differences = all_differences(rows)       # those, then no_debias and labelled rows minus MotionDirector
+    differences = all_differences(rows)       # those, then base, no_debias and labelled rows minus MotionDirector
 
 A difference is paired: for every training seed, the row's score minus the other row's on the
 same motion, mode and seed; its interval is mean ± t(0.975, n - 1) · sd / sqrt(n) over the seeds.
@@ -25,7 +25,8 @@ from utils.toy_world.experiment import NOISE_PRIORS, VARIANTS
 ROW_ORDER = ["base", *VARIANTS] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
 SCORE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
               "reference_subject_distance", "train_s", "sample_s")
-DIFFERENCE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage")
+DIFFERENCE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
+                   "reference_subject_distance")
 # Student's t, 0.975 quantile, by degrees of freedom (scipy.stats.t.ppf(0.975, df)); 1.96 beyond.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -96,10 +97,11 @@ def paired_differences(rows: list[dict], against: str = "coupled") -> list[dict]
 
 
 def all_differences(rows: list[dict]) -> list[dict]:
-    """Every row against coupled tuning, then against MotionDirector, seed by seed: no_debias (the
-    debiased term's effect) and every labelled row (the effect of its settings)."""
+    """Every row against coupled tuning, then against MotionDirector, seed by seed: the base (what
+    training changes), no_debias (the debiased term's effect) and every labelled row (the effect
+    of its settings)."""
     against_md = [line for line in paired_differences(rows, against="motiondirector")
-                  if line["row"] == "no_debias" or "@" in line["row"]]
+                  if line["row"] in ("base", "no_debias") or "@" in line["row"]]
     return paired_differences(rows) + against_md
 
 
