@@ -19,7 +19,7 @@ from utils.evaluation.inputs import read_video
 from utils.evaluation.motion_fidelity import motion_fidelity
 from utils.toy_world.detector import read_clip
 from utils.toy_world.evaluate import parse_caption
-from utils.toy_world.score import score_clip
+from utils.toy_world.score import score_clip, score_reading
 from utils.toy_world.world import without_clocks
 
 
@@ -108,17 +108,17 @@ def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], 
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0
         torch.manual_seed(seed)
         decoded = components.decode_video(components.encode_video(pixels))[0].numpy()
-        after = score_clip(decoded, shape, color, motion)
+        written, after = read_clip(frames), read_clip(decoded)  # each clip read by the detector once
         rows.append({"clip": str(clip), "motion": motion,
-                     "file_px": round(score_clip(frames, shape, color, motion).trajectory_distance, 2),
-                     "round_trip_px": round(after.trajectory_distance, 2),
+                     "file_px": round(score_reading(written, shape, color, motion).trajectory_distance, 2),
+                     "round_trip_px": round(score_reading(after, shape, color, motion).trajectory_distance, 2),
                      "read_after": f"{after.color} {after.shape}",
-                     "frame_px": frame_shifts(frames, decoded)})
+                     "frame_px": frame_shifts(written.track, after.track)})
     return rows
 
 
 def frame_shifts(written: np.ndarray, decoded: np.ndarray) -> list[float | None]:
-    """How far the detector's subject centre moved in each frame from `written` to `decoded`
-    (None where either frame shows no subject): which frames a VAE blurs together."""
-    shifts = np.linalg.norm(read_clip(written).track[:, :2] - read_clip(decoded).track[:, :2], axis=1)
+    """How far the subject centre moved in each frame from the detector's track `written` to
+    `decoded` (None where either frame shows no subject): which frames a VAE blurs together."""
+    shifts = np.linalg.norm(written[:, :2] - decoded[:, :2], axis=1)
     return [None if np.isnan(shift) else round(float(shift), 1) for shift in shifts]

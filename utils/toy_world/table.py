@@ -1,5 +1,6 @@
 """The experiment's tables: each row's scores over training seeds, and paired differences against
-coupled tuning (and, for the debiased term, against MotionDirector) with 95% intervals.
+coupled tuning (and, for the base, the debiased term and labelled runs, against MotionDirector)
+with 95% intervals.
 
     summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
     differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
