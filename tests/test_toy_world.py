@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from utils.errors import UserError
 from utils.toy_world import world
 from utils.toy_world.detector import read_clip
-from utils.toy_world.score import motion_class, score_clip, summarize, trajectory_distance
+from utils.toy_world.score import motion_by_family, motion_class, score_clip, summarize, trajectory_distance
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_BASE = REPO / "models" / "toy_world_base"  # v1: straight lines
@@ -185,6 +186,8 @@ def test_summarize_counts():
     summary = summarize([good, bad])
     assert summary["color_accuracy"] == 1.0 and summary["shape_accuracy"] == 0.5
     assert summary["motion_accuracy"] == 0.5
+    by_family = motion_by_family([good, bad, good], ["left", "up", "left"])
+    assert by_family == {"left": {"right": 2, "clips": 2}, "up": {"right": 0, "clips": 1}}
 
 
 def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
@@ -303,7 +306,7 @@ def _shipped_or_skip(base: Path = SHIPPED_BASE) -> Path:
 def test_shipped_v2_base_samples_every_family():
     """Through the project's sampler, a red square in every family (left, right, up, down, a loop,
     still): seeds 0-3 each gave 6 of 6 families and the right subject; the gate over 144 clips
-    reads loops right only about half the time (docs/toy_world.md), so one miss is allowed."""
+    reads loops right in 16 of 24 (docs/toy_world.md), so one miss is allowed."""
     from models.bases import load_components
     from utils.inference.generate import GenerationSettings, sample_video
 
@@ -588,6 +591,27 @@ def test_unet_loss_draws_each_clips_timestep_from_its_own_range():
     assert timesteps[:, :2].min() < 300  # 50 draws from [0, 1000)
     with pytest.raises(ValueError, match="rehearsal_per_batch"):
         PretrainSettings(unet_batch=4, rehearsal_per_batch=4)
+    with pytest.raises(UserError, match="--loop-weight must be above 0"):
+        PretrainSettings(loop_weight=0)
+
+
+def test_loop_weight_draws_loops_that_many_times_as_often():
+    """Loop clips weigh `loop_weight`, the others 1; weight 1 keeps the uniform draw (and its RNG
+    stream, so the shipped base's steps replay unchanged)."""
+    from utils.toy_world.pretrain import loop_weights, unet_batch
+
+    captions = ["a red circle moving in a circle", "a red circle moving left", "a red circle standing still"]
+    data = {"latents": torch.arange(6.0)[:, None], "captions": captions,
+            "caption_index": torch.tensor([0, 1, 2, 0, 1, 2])}
+    assert loop_weights(data, 1.0) is None
+    assert loop_weights(data, 3.0).tolist() == [3, 1, 1, 3, 1, 1]
+    embeddings = torch.zeros(4, 1)
+    uniform = unet_batch(data, embeddings, 8, 0.0, torch.Generator().manual_seed(0))[0]
+    index = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(uniform[:, 0], index.float())
+    drawn = unet_batch(data, embeddings, 3000, 0.0, torch.Generator().manual_seed(0), loop_weights(data, 3.0))[0]
+    loop_share = float(((drawn == 0) | (drawn == 3)).float().mean())
+    assert abs(loop_share - 6 / 10) < 0.03  # two loop clips at 3 against four at 1; 3000 draws: sd 0.009
 
 
 def test_compare_writes_scores_and_strip(tmp_path):

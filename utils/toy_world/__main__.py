@@ -35,7 +35,8 @@ def _pretrain(args) -> None:
                                 time_budget_s=args.time_budget * 60 if args.time_budget else math.inf,
                                 zero_terminal_snr=args.zero_terminal_snr, v_prediction=args.v_prediction,
                                 start_spread=spread, binding_steps=args.binding_steps,
-                                vocabulary_steps=args.vocabulary_steps, init_from=args.init_from)
+                                vocabulary_steps=args.vocabulary_steps, init_from=args.init_from,
+                                vocabulary_lr=args.vocabulary_lr, loop_weight=args.loop_weight)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--vocabulary-steps", type=int, default=2000,
                      help="UNet steps on every caption's family of paths after the main steps (v2; default 2000; "
                           "0: the v1 base, straight lines only)")
+    pre.add_argument("--vocabulary-lr", type=float, default=5e-4, help="the vocabulary stage's peak learning rate "
+                     "(default 5e-4)")
+    pre.add_argument("--loop-weight", type=float, default=1.0,
+                     help="draw loop clips this many times as often as others in the vocabulary stage (default 1)")
     pre.add_argument("--init-from", default=None, metavar="BASE",
                      help="take the VAE, text encoder and the UNet after the main stage from this pipeline "
                           "folder (e.g. models/toy_world_base, the v1 base) and run only the vocabulary stage")

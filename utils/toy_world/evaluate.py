@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from utils.toy_world import world
-from utils.toy_world.score import ClipScore, path_spread, score_clip, summarize
+from utils.toy_world.score import ClipScore, motion_by_family, path_spread, score_clip, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ def evaluate(model_dir: str | Path, combos: list[tuple[str, str, str]], samples_
             per_prompt.append({"prompt": prompt, "seed": index, "sample": n, **score.as_dict()})
             if video_dir is not None:
                 write_video(Path(video_dir) / f"{prompt.replace(' ', '_')}_{n}.mp4", clip, world.FPS)
+    motions = [m for _, _, m in combos for _ in range(samples_per_prompt)]
     summary = summarize(scores)
     summary.update(sampling_seconds=round(time.time() - started, 1), frames=world.clip_frames(components.base.name),
-                   num_steps=num_steps,
-                   guidance_scale=guidance_scale, samples_per_prompt=samples_per_prompt,
-                   spread=path_spread(scores, [m for _, _, m in combos for _ in range(samples_per_prompt)]))
+                   num_steps=num_steps, guidance_scale=guidance_scale, samples_per_prompt=samples_per_prompt,
+                   motion_by_family=motion_by_family(scores, motions), spread=path_spread(scores, motions))
     logger.info("colour %.3f  shape %.3f  motion %.3f  over %d clips", summary["color_accuracy"],
                 summary["shape_accuracy"], summary["motion_accuracy"], summary["clips"])
     return {"summary": summary, "clips": per_prompt}

@@ -93,6 +93,10 @@ class PretrainSettings(StageSettings):
     # own warm-up and cosine learning rate. 0 skips it (the v1 base).
     vocabulary_steps: int = 0
     vocabulary_lr: float = 5e-4
+    # How many times more often a loop clip ("moving in a circle") is drawn than any other clip in
+    # the vocabulary stage (1: uniform, as in the shipped base's first 3000 vocabulary steps; its loop
+    # stage used 5). Loops are the family the base renders worst (docs/toy_world.md, "The gate").
+    loop_weight: float = 1.0
     # A pipeline folder whose VAE, text encoder, tokenizer and UNet stand for the stages before
     # the vocabulary stage (e.g. models/toy_world_base, the v1 base: this recipe's main stage).
     init_from: str | None = None
@@ -101,6 +105,10 @@ class PretrainSettings(StageSettings):
         if not 0 <= self.rehearsal_per_batch < self.unet_batch:
             raise ValueError(f"rehearsal_per_batch ({self.rehearsal_per_batch}) must be in [0, unet_batch = "
                              f"{self.unet_batch})")
+        if not self.loop_weight > 0:
+            from utils.errors import UserError
+
+            raise UserError(f"--loop-weight must be above 0, not {self.loop_weight}")
 
     @property
     def vocabulary_start(self) -> int:
@@ -276,9 +284,14 @@ def unet_loss(unet, scheduler, latents, context, gen: torch.Generator,
     return torch.nn.functional.mse_loss(pred, diffusion_target(scheduler, latents, noise, timesteps))
 
 
-def unet_batch(data: dict, embeddings: torch.Tensor, count: int, uncond_prob: float, gen: torch.Generator):
-    """`count` latents and caption states of random clips, some with the empty prompt."""
-    index = torch.randint(0, len(data["latents"]), (count,), generator=gen)
+def unet_batch(data: dict, embeddings: torch.Tensor, count: int, uncond_prob: float, gen: torch.Generator,
+               weights: torch.Tensor | None = None):
+    """`count` latents and caption states of random clips (uniform, or drawn by `weights` per clip),
+    some with the empty prompt."""
+    if weights is None:
+        index = torch.randint(0, len(data["latents"]), (count,), generator=gen)
+    else:
+        index = torch.multinomial(weights, count, replacement=True, generator=gen)
     caption = data["caption_index"][index]
     dropped = torch.rand(count, generator=gen) < uncond_prob
     caption = torch.where(dropped, torch.full_like(caption, len(embeddings) - 1), caption)
@@ -323,8 +336,8 @@ def initial_unet(out: Path, settings: PretrainSettings):
         unet.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         return unet, optimizer, ckpt["ema"], ckpt["step"]
-    if settings.init_from:
-        unet = UNet3DConditionModel.from_pretrained(Path(settings.init_from) / "unet")
+    if settings.init_from:  # its weights into the fresh UNet: the saved config names no source path
+        unet.load_state_dict(UNet3DConditionModel.from_pretrained(Path(settings.init_from) / "unet").state_dict())
         step = settings.vocabulary_start
     return unet, optimizer, {k: v.detach().clone() for k, v in unet.state_dict().items()}, step
 
@@ -435,13 +448,22 @@ def vocabulary_step(unet, optimizer, scheduler, data, embeddings, settings: Pret
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings.vocabulary_lr, settings.warmup_steps, settings.vocabulary_steps)
-    latents, context = unet_batch(data, embeddings, settings.unet_batch, settings.uncond_prob, gen)
+    latents, context = unet_batch(data, embeddings, settings.unet_batch, settings.uncond_prob, gen,
+                                  loop_weights(data, settings.loop_weight))
     loss = unet_loss(unet, scheduler, latents, context, gen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
     optimizer.step()
     return loss.item()
+
+
+def loop_weights(data: dict, loop_weight: float) -> torch.Tensor | None:
+    """Per-clip draw weights: `loop_weight` for loop clips, 1 for the others (None when uniform)."""
+    if loop_weight == 1.0:
+        return None
+    is_loop = torch.tensor([world.MOTION_PHRASES["loop"] in c for c in data["captions"]])[data["caption_index"]]
+    return torch.where(is_loop, loop_weight, 1.0)
 
 
 @torch.no_grad()

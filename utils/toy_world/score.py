@@ -155,6 +155,12 @@ def path_spread(scores: list[ClipScore], motions: list[str]) -> dict:
     return spread
 
 
+def motion_by_family(scores: list[ClipScore], motions: list[str]) -> dict:
+    """Per prompted family: how many of its clips the detector reads as that family."""
+    return {family: {"right": sum(s.motion_ok for s, m in zip(scores, motions) if m == family),
+                     "clips": motions.count(family)} for family in dict.fromkeys(motions)}
+
+
 def summarize(scores: list[ClipScore]) -> dict:
     """Accuracies (fractions) and the mean trajectory distance of a list of scores."""
     count = max(len(scores), 1)
