@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MotionDirector on the toy world, offline on a CPU (2 min 8 s to 2 min 59 s over seven runs on a 2-core VM, installs done): train on a zig-zag from
+# MotionDirector on the toy world, offline on a CPU (2 min 9 s to 2 min 59 s over nine runs on a 2-core VM, installs done): train on a zig-zag from
 # one bundled clip ("a blue square moving right" that zigzags; the base draws "moving right" as any
 # rightward path, straight or wiggling), then generate 4 new subjects x 2 seeds with and without the
 # learned temporal LoRA (same prompts and seeds) and score them against the reference clip: writes
