@@ -40,6 +40,7 @@ from utils.toy_world.base_parts import (
     mark_complete,
     write_static_parts,
 )
+from utils.toy_world.evaluate import parse_caption
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
             loss = main_step(unet, optimizer, scheduler, *main, rehearsal, settings, step - settings.binding_steps)
             update_ema(ema, unet, step - settings.binding_steps, settings.ema_decay)
         else:
-            vocabulary = vocabulary or stage_data(out, settings, encode_family_dataset)
+            vocabulary = vocabulary or vocabulary_data(out, settings)
             loss = vocabulary_step(unet, optimizer, scheduler, *vocabulary, settings, step - settings.vocabulary_start)
             update_ema(ema, unet, step - settings.vocabulary_start, settings.ema_decay)
         step += 1
@@ -442,14 +443,21 @@ def main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings:
     return loss.item()
 
 
-def vocabulary_step(unet, optimizer, scheduler, data, embeddings, settings: PretrainSettings, step: int) -> float:
-    """One step on random family clips; warm-up and cosine learning rate from `vocabulary_lr`."""
+def vocabulary_data(out: Path, settings: PretrainSettings) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """The vocabulary stage's clips, caption states and per-clip draw weights (fixed for the stage)."""
+    data, embeddings = stage_data(out, settings, encode_family_dataset)
+    return data, embeddings, loop_weights(data, settings.loop_weight)
+
+
+def vocabulary_step(unet, optimizer, scheduler, data, embeddings, weights, settings: PretrainSettings,
+                    step: int) -> float:
+    """One step on random family clips (drawn by `weights`, None: uniformly); warm-up and cosine
+    learning rate from `vocabulary_lr`."""
     gen = step_generator(settings.seed, "vocabulary", step)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings.vocabulary_lr, settings.warmup_steps, settings.vocabulary_steps)
-    latents, context = unet_batch(data, embeddings, settings.unet_batch, settings.uncond_prob, gen,
-                                  loop_weights(data, settings.loop_weight))
+    latents, context = unet_batch(data, embeddings, settings.unet_batch, settings.uncond_prob, gen, weights)
     loss = unet_loss(unet, scheduler, latents, context, gen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -462,7 +470,7 @@ def loop_weights(data: dict, loop_weight: float) -> torch.Tensor | None:
     """Per-clip draw weights: `loop_weight` for loop clips, 1 for the others (None when uniform)."""
     if loop_weight == 1.0:
         return None
-    is_loop = torch.tensor([world.MOTION_PHRASES["loop"] in c for c in data["captions"]])[data["caption_index"]]
+    is_loop = torch.tensor([parse_caption(c)[2] == "loop" for c in data["captions"]])[data["caption_index"]]
     return torch.where(is_loop, loop_weight, 1.0)
 
 
