@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
 from utils.toy_world import world
 from utils.toy_world.base_parts import (
     SCHEDULER_CONFIG,
@@ -107,8 +108,6 @@ class PretrainSettings(StageSettings):
             raise ValueError(f"rehearsal_per_batch ({self.rehearsal_per_batch}) must be in [0, unet_batch = "
                              f"{self.unet_batch})")
         if not self.loop_weight > 0:
-            from utils.errors import UserError
-
             raise UserError(f"--loop-weight must be above 0, not {self.loop_weight}")
 
     @property
@@ -487,8 +486,6 @@ def update_ema(ema: dict, unet, step: int, decay: float) -> None:
 
 def copy_text_parts(source: Path, out: Path, scheduler_config: dict) -> None:
     """Tokenizer and text encoder of the `init_from` base (its schedule must be this run's)."""
-    from utils.errors import UserError
-
     theirs = json.loads((source / "scheduler" / "scheduler_config.json").read_text(encoding="utf8"))
     differing = sorted(k for k, v in scheduler_config.items() if theirs.get(k) != v)
     if differing:
