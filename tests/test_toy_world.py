@@ -546,6 +546,32 @@ def test_a_labelled_run_is_its_own_row_paired_against_motiondirector(tmp_path, c
     assert "| +6.00 ± 6.57 | 3 |" in printed
 
 
+def test_rows_at_another_lora_scale_are_paired_against_their_scale_and_motiondirector():
+    """A run sampled at LoRA scale 2 ("<variant>_ls2", `experiment.scaled_row`) is paired against
+    coupled tuning at the same scale and against MotionDirector at scale 1, seed by seed."""
+    from utils.toy_world.experiment import scaled_row
+    from utils.toy_world.table import all_differences, lora_scale_of
+
+    assert scaled_row("motiondirector", 2.0) == "motiondirector_ls2" and scaled_row("coupled", 1.5) == "coupled_ls1.5"
+    assert lora_scale_of("motiondirector_ls1.5") == "1.5" and lora_scale_of("coupled_ls2@t_ffn") == "2"
+    assert lora_scale_of("motiondirector") is None and lora_scale_of("motiondirector_np0.5") is None
+
+    def row(name, seed, distance):
+        scores = dict.fromkeys(("motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage"), 0.0)
+        return {"row": name, "motion": "circling", "mode": "single", "seed": seed, "trajectory_distance": distance,
+                **scores}
+
+    distances = {"motiondirector": [8.0, 9.0], "coupled": [8.0, 8.0],
+                 "motiondirector_ls2": [5.0, 7.0], "coupled_ls2": [6.0, 9.0]}
+    rows = [row(name, seed, d) for name, values in distances.items() for seed, d in enumerate(values)]
+    found = {(d["row"], d["against"]): d["trajectory_distance"] for d in all_differences(rows)}
+    assert found[("motiondirector_ls2", "coupled_ls2")] == pytest.approx(-1.5)  # -1, -2
+    assert found[("motiondirector_ls2", "motiondirector")] == pytest.approx(-2.5)  # -3, -2
+    assert found[("coupled_ls2", "coupled")] == pytest.approx(-0.5)  # -2, +1
+    assert ("coupled_ls2", "motiondirector") not in found and ("coupled", "coupled_ls2") not in found
+    assert ("motiondirector_ls2", "coupled") not in found  # two scales at once: not a comparison
+
+
 def test_zero_terminal_snr_schedule_leaves_no_signal_at_the_last_step():
     from diffusers import DDIMScheduler, DDPMScheduler
 

@@ -100,7 +100,7 @@ def _experiment(args) -> None:
     out = Path(args.out_dir)
     sampling = Sampling(seeds=tuple(range(args.sample_seeds)), subjects=args.subjects)
     rows = run_experiment(args.model, out, args.motion, args.modes, args.train_seeds, args.steps, sampling,
-                          args.variants, overrides=tuple(args.set))
+                          args.variants, overrides=tuple(args.set), lora_scales=tuple(args.lora_scales))
     out.mkdir(parents=True, exist_ok=True)
     print(write_tables([{k: v for k, v in r.items() if k != "samples"} for r in rows], out / "table.json"))
     for motion in args.motion:
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     exp.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                      help="config overrides for every training run, e.g. lora_rank=32 learning_rate=3e-3")
+    exp.add_argument("--lora-scales", type=float, nargs="+", default=[], metavar="SCALE",
+                     help="also sample every trained run with its temporal LoRA at these scales (rows "
+                          "<variant>_ls<scale>; a finished run in out_dir is not trained again)")
     exp.set_defaults(run=_experiment)
 
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")

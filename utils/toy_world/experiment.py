@@ -149,13 +149,14 @@ def train_motiondirector(base: Path, motion: str, seed: int, steps: int, out_dir
     return run, seconds
 
 
-def sampling_model(base: Path, run: Path | None, noise_prior: float = 0.0):
-    """(components, noise prior) to sample with: the base with the run's temporal LoRA, or bare."""
+def sampling_model(base: Path, run: Path | None, noise_prior: float = 0.0, lora_scale: float = 1.0):
+    """(components, noise prior) to sample with: the base with the run's temporal LoRA at
+    `lora_scale` (MotionDirector_inference.py's --lora_scale), or bare."""
     from models.lora import TEMPORAL
     from utils.inference.generate import LoraRequest, prepare_model
     from utils.inference.noise_prior import NoisePrior
 
-    loras = [LoraRequest(run / "temporal" / "lora", TEMPORAL, 1.0)] if run is not None else []
+    loras = [LoraRequest(run / "temporal" / "lora", TEMPORAL, lora_scale)] if run is not None else []
     components = prepare_model(str(base), loras, "cpu", torch.float32)
     prior = NoisePrior.from_folder(run / "cached_latents", "train with cache_latents") if noise_prior > 0 else None
     return components, prior
@@ -208,15 +209,23 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
     }
 
 
+def scaled_row(variant: str, lora_scale: float) -> str:
+    """The row name of a variant's runs sampled with the temporal LoRA at `lora_scale`."""
+    return f"{variant}_ls{lora_scale:g}"
+
+
 DEFAULT_MOTIONS = ("zigzag", "circling", "growing")  # two family members and a held-out motion
 
 
 def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTIONS, modes=MODES,
                    train_seeds=(0, 1, 2, 3, 4), steps: int = 600, sampling: Sampling = Sampling(),
-                   variants=tuple(VARIANTS), keep_clips: bool = True, overrides: tuple[str, ...] = ()) -> list[dict]:
+                   variants=tuple(VARIANTS), keep_clips: bool = True, overrides: tuple[str, ...] = (),
+                   lora_scales: tuple[float, ...] = ()) -> list[dict]:
     """Every row for every motion, mode and training seed (the base once per motion and mode).
 
     `overrides` (config key=value, e.g. "lora_rank=32") go to every training run, after the variant's.
+    Each of `lora_scales` adds a row per trained run, "<variant>_ls<scale>": the same LoRA sampled at
+    that scale (the noise-prior rows stay at scale 1).
 
     Each row dict carries motion, mode, seed (None for the base), the scores and, when
     `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable). Each row
@@ -234,8 +243,8 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
             references = reference_subjects(motion, mode, setup)
             subjects = new_subjects(references, sampling.subjects)
 
-            def add(name, seed, run, train_s, noise_prior=0.0):
-                model = sampling_model(base, run, noise_prior)
+            def add(name, seed, run, train_s, noise_prior=0.0, lora_scale=1.0):
+                model = sampling_model(base, run, noise_prior, lora_scale)
                 clips, sample_s = sample_subjects(model, motion, subjects, sampling, noise_prior)
                 row = score_row(name, motion, references, reference_frames, clips, train_s, sample_s)
                 # the reference subjects themselves: does the LoRA carry the motion at least for them?
@@ -257,6 +266,8 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
                                                         out_dir / motion / mode / f"{variant}_seed{seed}",
                                                         (*VARIANTS[variant], *overrides), mode)
                     add(variant, seed, run, train_s)
+                    for scale in lora_scales:
+                        add(scaled_row(variant, scale), seed, run, train_s, lora_scale=scale)
                     if variant == "motiondirector" and mode == "single":
                         for prior in NOISE_PRIORS:
                             add(f"motiondirector_np{prior}", seed, run, train_s, prior)

@@ -4,7 +4,8 @@ with 95% intervals.
 
     summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
     differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
-    differences = all_differences(rows)       # those, then base, no_debias and labelled rows minus MotionDirector
+    differences = all_differences(rows)       # those, then base, no_debias, labelled and scaled rows minus
+                                              # MotionDirector, and scaled rows minus coupled at that scale
 
 A difference is paired: for every training seed, the row's score minus the other row's on the
 same motion, mode and seed; its interval is mean ± t(0.975, n - 1) · sd / sqrt(n) over the seeds.
@@ -97,13 +98,26 @@ def paired_differences(rows: list[dict], against: str = "coupled") -> list[dict]
     return lines
 
 
+def lora_scale_of(name: str) -> str | None:
+    """The LoRA scale in a row name "<variant>_ls<scale>" (`experiment.scaled_row`), else None."""
+    variant, marker, scale = name.partition("@")[0].rpartition("_ls")
+    return scale if marker and variant else None
+
+
 def all_differences(rows: list[dict]) -> list[dict]:
-    """Every row against coupled tuning, then against MotionDirector, seed by seed: the base (what
-    training changes), no_debias (the debiased term's effect) and every labelled row (the effect
-    of its settings)."""
+    """Every row against coupled tuning (MotionDirector at another LoRA scale only against coupled
+    tuning at that scale), then against MotionDirector, seed by seed: the base (what training
+    changes), no_debias (the debiased term's effect), every labelled row (the effect of its
+    settings) and MotionDirector at another LoRA scale (the scale's effect); then each scaled row
+    against coupled tuning at the same scale."""
+    against_coupled = [line for line in paired_differences(rows) if not line["row"].startswith("motiondirector_ls")]
     against_md = [line for line in paired_differences(rows, against="motiondirector")
-                  if line["row"] in ("base", "no_debias") or "@" in line["row"]]
-    return paired_differences(rows) + against_md
+                  if line["row"] in ("base", "no_debias") or "@" in line["row"]
+                  or line["row"].startswith("motiondirector_ls")]
+    coupled_scaled = dict.fromkeys(r["row"] for r in rows if r["row"].startswith("coupled_ls"))
+    same_scale = [line for name in coupled_scaled for line in paired_differences(rows, against=name)
+                  if line["row"] != name and lora_scale_of(line["row"]) == lora_scale_of(name)]
+    return against_coupled + against_md + same_scale
 
 
 def format_table(summary: list[dict]) -> str:
