@@ -803,6 +803,7 @@ def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_di
     assert injected == up and len(drawn) == 3 and all(900 <= int(t) < 1000 for t in torch.cat(drawn))
     assert result["new"]["clips"] == 2 and result["reference"]["clips"] == 1
     assert result["reference_both_paths"]["clips"] == 1 and 0.0 <= result["new"]["hit_rate"] <= 1.0
+    assert result["reference"]["leakage"] == 0.0  # one reference: drawing it when prompted is no leak
     assert set(result["layout"]) == {"new", "reference"} and all(d >= 0 for d in result["layout"].values())
     assert replace(recipe, caption="family").prompt("circle", "red", "zigzag") == "a red circle moving right"
     assert recipe.prompt("circle", "red", "zigzag") == "a red circle zigzagging"

@@ -154,17 +154,21 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
 
 
 def sample_and_score(components, motion: str, subjects, recipe: Recipe, sampling) -> dict:
-    """Trajectory distance, hit rate and appearance of `subjects` doing `motion` (the prompt as the
-    recipe trained it), sampled with the adapters that are active now."""
-    from utils.toy_world.experiment import CLOSE_ENOUGH, sample_subjects
+    """Trajectory distance, hit rate, appearance and leakage (the experiment's: a reference subject
+    drawn instead of the prompt's) of `subjects` doing `motion` (the prompt as the recipe trained
+    it), sampled with the adapters that are active now."""
+    from utils.toy_world.experiment import CLOSE_ENOUGH, leaked, reference_subjects, sample_subjects
     from utils.toy_world.score import score_clip
 
     phrase = world.NEW_WORD_PHRASE if recipe.caption == "new_word" else None  # random_subject samples as family
     clips, _ = sample_subjects((components, None), motion, subjects, sampling, phrase=phrase)
     scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
     distances = np.array([s.trajectory_distance for s in scores])
+    references = reference_subjects(motion, recipe.mode)
     return {"distance": float(distances.mean()), "hit_rate": float((distances < CLOSE_ENOUGH).mean()),
-            "appearance": float(np.mean([s.color_ok and s.shape_ok for s in scores])), "clips": len(scores)}
+            "appearance": float(np.mean([s.color_ok and s.shape_ok for s in scores])),
+            "leakage": float(np.mean([leaked(s, subject, references) for s, (subject, _, _) in zip(scores, clips)])),
+            "clips": len(scores)}
 
 
 def layout_distance(components, motion: str, subjects, recipe: Recipe, guidance_scale: float = 4.0) -> float:
