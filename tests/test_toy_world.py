@@ -769,6 +769,24 @@ def test_binding_probe_reads_one_only_when_the_caption_cannot_matter(tmp_path):
     assert [h["step"] for h in history] == [2] and set(history[0]["swap_ratio"]) == {950, 800, 600}
 
 
+def test_transfer_probe_training_is_a_function_of_its_seed(tiny_model_dir):
+    """The probe's training gives the same LoRA whatever Python's random state was before it (the
+    spatial path's skips are drawn with it), and another LoRA for another seed."""
+    import random
+
+    from models.lora import TEMPORAL, adapter_parameters
+    from utils.toy_world import transfer
+
+    def trained(seed, state):
+        random.seed(state)
+        components, _, _ = transfer.train_recipe(tiny_model_dir, "zigzag", transfer.Recipe(steps=10, rank=2, seed=seed))
+        return torch.cat([p.detach().flatten() for p in adapter_parameters(components.denoiser, TEMPORAL)])
+
+    first = trained(0, state=1)
+    assert torch.equal(first, trained(0, state=2))
+    assert not torch.equal(first, trained(1, state=1))
+
+
 def test_transfer_probe_trains_the_recipes_layers_at_its_timesteps(tiny_model_dir, monkeypatch):
     """One probe recipe end to end on the tiny pipeline: the temporal LoRA sits only on the named
     parts of the UNet, training draws its timesteps from the recipe's range, and the scores cover

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -115,6 +116,7 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
     from utils.training.step import Adapters, StepSettings, train_step
 
     torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)  # train_step draws the spatial path's skips (and flips) with Python's random
     components = load_components(str(base))
     latents, subjects = reference_latents(components, motion, recipe.mode)
     texts = [components.encode_prompts([recipe.prompt(s, c, motion)]) for s, c in subjects]
