@@ -382,8 +382,9 @@ def test_experiment_row_scores_motion_appearance_and_leakage():
 
 def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_path, monkeypatch):
     """run_experiment's wiring, with training and sampling replaced by the world's own clips: each
-    variant gets its overrides then --set's, the noise-prior rows come from MotionDirector's run, and
-    every row scores its reference subject (here drawn doing the motion: 0 px) apart from the new ones."""
+    variant gets its overrides then --set's, the noise-prior rows come from MotionDirector's run, each
+    --lora-scales row from its variant's run at that scale, and every row scores its reference
+    subject (here drawn doing the motion: 0 px) apart from the new ones."""
     import json
 
     from utils.toy_world import experiment
@@ -400,15 +401,26 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
                 for seed in sampling.seeds], 2.0
 
     monkeypatch.setattr(experiment, "train_motiondirector", fake_train)
-    monkeypatch.setattr(experiment, "sampling_model", lambda base, run, noise_prior=0.0: run)
+    sampled_at = []
+
+    def fake_model(base, run, noise_prior=0.0, lora_scale=1.0):
+        sampled_at.append((run and run.name, noise_prior, lora_scale))
+        return run
+
+    monkeypatch.setattr(experiment, "sampling_model", fake_model)
     monkeypatch.setattr(experiment, "sample_subjects", fake_sample)
     rows = experiment.run_experiment(SHIPPED_V2, tmp_path, ["zigzag"], ["single"], [0], 5,
-                                     experiment.Sampling(seeds=(0,), subjects=2), overrides=("lora_rank=4",))
+                                     experiment.Sampling(seeds=(0,), subjects=2), overrides=("lora_rank=4",),
+                                     lora_scales=(2.0,))
     assert trained == [("motiondirector_seed0", ("lora_rank=4",)),
                        ("coupled_seed0", (*experiment.VARIANTS["coupled"], "lora_rank=4")),
                        ("no_debias_seed0", (*experiment.VARIANTS["no_debias"], "lora_rank=4"))]
-    assert [r["row"] for r in rows] == ["base", "motiondirector", "motiondirector_np0.3", "motiondirector_np0.5",
-                                        "coupled", "no_debias"]
+    assert [r["row"] for r in rows] == ["base", "motiondirector", "motiondirector_ls2", "motiondirector_np0.3",
+                                        "motiondirector_np0.5", "coupled", "coupled_ls2", "no_debias", "no_debias_ls2"]
+    assert sampled_at == [(None, 0.0, 1.0), ("motiondirector_seed0", 0.0, 1.0), ("motiondirector_seed0", 0.0, 2.0),
+                          ("motiondirector_seed0", 0.3, 1.0), ("motiondirector_seed0", 0.5, 1.0),
+                          ("coupled_seed0", 0.0, 1.0), ("coupled_seed0", 0.0, 2.0),
+                          ("no_debias_seed0", 0.0, 1.0), ("no_debias_seed0", 0.0, 2.0)]
     base, *trained_rows = rows
     assert base["reference_subject_distance"] > 10 and base["motion_hit_rate"] == 0.0
     written = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text(encoding="utf8").splitlines()]
