@@ -4,8 +4,8 @@ with 95% intervals.
 
     summary = summarize_rows(rows)            # one line per (motion, mode, row): mean and std over seeds
     differences = paired_differences(rows)    # row minus coupled tuning, seed by seed
-    differences = all_differences(rows)       # those, then base, no_debias, labelled and scaled rows minus
-                                              # MotionDirector, and scaled rows minus coupled at that scale
+    differences = all_differences(rows)       # those, then base, no_debias and labelled rows minus
+                                              # MotionDirector, and scaled rows minus scale 1 and coupled
 
 A difference is paired: for every training seed, the row's score minus the other row's on the
 same motion, mode and seed; its interval is mean ± t(0.975, n - 1) · sd / sqrt(n) over the seeds.
@@ -16,6 +16,7 @@ row of its own, paired against coupled tuning and against MotionDirector.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -104,20 +105,30 @@ def lora_scale_of(name: str) -> str | None:
     return scale if marker and variant else None
 
 
+def at_scale_one(name: str) -> str:
+    """The row of the same runs sampled at LoRA scale 1: "coupled_ls2@x" -> "coupled@x"."""
+    head, at, label = name.partition("@")
+    return head.rpartition("_ls")[0] + at + label
+
+
 def all_differences(rows: list[dict]) -> list[dict]:
-    """Every row against coupled tuning (MotionDirector at another LoRA scale only against coupled
-    tuning at that scale), then against MotionDirector, seed by seed: the base (what training
-    changes), no_debias (the debiased term's effect), every labelled row (the effect of its
-    settings) and MotionDirector at another LoRA scale (the scale's effect); then each scaled row
-    against coupled tuning at the same scale."""
-    against_coupled = [line for line in paired_differences(rows) if not line["row"].startswith("motiondirector_ls")]
-    against_md = [line for line in paired_differences(rows, against="motiondirector")
-                  if line["row"] in ("base", "no_debias") or "@" in line["row"]
-                  or line["row"].startswith("motiondirector_ls")]
-    coupled_scaled = dict.fromkeys(r["row"] for r in rows if r["row"].startswith("coupled_ls"))
-    same_scale = [line for name in coupled_scaled for line in paired_differences(rows, against=name)
-                  if line["row"] != name and lora_scale_of(line["row"]) == lora_scale_of(name)]
-    return against_coupled + against_md + same_scale
+    """Every row at LoRA scale 1 against coupled tuning, then against MotionDirector, seed by seed:
+    the base (what training changes), no_debias (the debiased term's effect) and every labelled
+    row (the effect of its settings). Then each row sampled at another LoRA scale against its own
+    runs at scale 1 (the scale's effect) and against coupled tuning at that scale."""
+    @functools.cache
+    def against(name: str) -> list[dict]:
+        return paired_differences(rows, against=name)
+
+    against_coupled = [line for line in against("coupled") if lora_scale_of(line["row"]) is None]
+    against_md = [line for line in against("motiondirector")
+                  if line["row"] in ("base", "no_debias") or "@" in line["row"]]
+    scaled = []
+    for name in dict.fromkeys(r["row"] for r in rows if lora_scale_of(r["row"])):
+        for other in (at_scale_one(name), f"coupled_ls{lora_scale_of(name)}"):
+            if other != name:
+                scaled += [line for line in against(other) if line["row"] == name]
+    return against_coupled + against_md + scaled
 
 
 def format_table(summary: list[dict]) -> str:
