@@ -17,7 +17,7 @@ from models.bases.spec import SPATIAL, TEMPORAL
 from models.fast_layers import lean_lora
 
 __all__ = ["SPATIAL", "TEMPORAL", "activate", "activate_fast", "adapter_names", "adapter_parameters",
-           "add_adapter", "lora_layers", "path_of", "set_scale", "set_trainable", "spatial_adapter_names"]
+           "add_adapter", "layer_sides", "lora_layers", "path_of", "set_scale", "set_trainable", "spatial_adapter_names"]
 
 
 def path_of(adapter_name: str) -> str:
@@ -38,7 +38,7 @@ def add_adapter(
 ) -> None:
     """Inject one adapter on the linears named `targets` (the base's targets of its path).
 
-    `rank` is one int (capped per layer at min(in, out) like the original) or a per-layer dict.
+    `rank` is one int (capped per layer at min(in, out) like the original; a conv's channels) or a per-layer dict.
     lora_alpha equals the rank so the LoRA term is scale * up(down(x)), as in the original;
     "gaussian" init is down ~ N(0, 1/r), up = 0. `dtype` is the adapter weights' dtype (None:
     peft's, the base layer's): float32 under a half-precision model keeps the fresh draws exact,
@@ -90,11 +90,15 @@ def _base_linear(layer: torch.nn.Module) -> torch.nn.Module:
 
 def _capped_ranks(model, targets, rank):
     modules = dict(model.named_modules())
-    ranks = {}
-    for name in targets:
-        base = _base_linear(modules[name])
-        ranks[name] = min(rank, base.in_features, base.out_features)
-    return ranks
+    return {name: min(rank, *layer_sides(modules[name])) for name in targets}
+
+
+def layer_sides(layer: torch.nn.Module) -> tuple[int, int]:
+    """(inputs, outputs) of a LoRA target: a linear's features, a conv's channels."""
+    base = _base_linear(layer)
+    if isinstance(base, torch.nn.Linear):
+        return base.in_features, base.out_features
+    return base.in_channels, base.out_channels
 
 
 def lora_layers(model: torch.nn.Module) -> list[LoraLayer]:

@@ -16,7 +16,7 @@ from peft.functional import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.lora import add_adapter, path_of, set_scale
+from models.lora import add_adapter, layer_sides, path_of, set_scale
 from utils.errors import UserError
 from utils.io.torch_files import load_plain
 
@@ -151,14 +151,13 @@ def _ranks_matching_model(state, model, targets, path, file) -> dict[str, int]:
         name = key[: -len(".lora_A.weight")]
         if name not in targets:
             raise UserError(f"{file}: layer {name} is not a {path} LoRA layer of this model (wrong base model or path)")
-        base = modules[name]
-        base = base.get_base_layer() if hasattr(base, "get_base_layer") else base
+        inputs, outputs = layer_sides(modules[name])
         up = state.get(f"{name}.lora_B.weight")
-        if up is None or tensor.shape[1] != base.in_features or up.shape != (base.out_features, tensor.shape[0]):
+        if up is None or tensor.shape[1] != inputs or tuple(up.shape[:2]) != (outputs, tensor.shape[0]):
             raise UserError(
                 f"{file}: layer {name} has LoRA shapes down {tuple(tensor.shape)} / up "
                 f"{tuple(up.shape) if up is not None else None}, the model's layer is "
-                f"{base.in_features} -> {base.out_features} (wrong base model)"
+                f"{inputs} -> {outputs} (wrong base model)"
             )
         ranks[name] = tensor.shape[0]
     missing = targets - set(ranks)

@@ -301,9 +301,9 @@ def test_bad_layer_choices_are_one_line_errors(wan_dir, option, message):
         base_for_model(str(wan_dir), {"lora_layers": option})
 
 
-def test_other_bases_refuse_a_layer_choice_and_a_motion_adapter(tiny_model_dir, wan_dir):
-    with pytest.raises(UserError, match="lora_layers does not apply to ZeroScope"):
-        base_for_model(str(tiny_model_dir), {"lora_layers": {"temporal": ["attn1"]}})
+def test_a_wan_layer_name_on_zeroscope_and_a_motion_adapter_on_wan_are_refused(tiny_model_dir, wan_dir):
+    with pytest.raises(UserError, match="lora_layers.temporal: ffn is not a ZeroScope temporal layer"):
+        base_for_model(str(tiny_model_dir), {"lora_layers": {"temporal": ["ffn"]}})  # a Wan name
     with pytest.raises(UserError, match="motion_adapter_path does not apply to Wan"):
         base_for_model(str(wan_dir), {"motion_adapter_path": "guoyww/animatediff-motion-adapter-v1-5-3"})
     assert base_for_model(str(tiny_model_dir), {"lora_layers": None}).name == "zeroscope"  # null: not set

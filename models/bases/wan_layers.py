@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from models.bases import layer_choice as layer_option
 from models.bases.spec import SPATIAL, TEMPORAL
-from utils.errors import UserError
 
 BLOCK_LINEARS = {
     "attn1": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"),
@@ -32,35 +32,24 @@ BLOCK_LINEARS = {
 BLOCK_ORDER = tuple(linear for group in BLOCK_LINEARS.values() for linear in group)  # registration order
 NAMES = {**BLOCK_LINEARS, **{linear: (linear,) for linear in BLOCK_ORDER}}
 DEFAULT_LORA_LAYERS = {SPATIAL: ("attn1", "ffn"), TEMPORAL: ("attn1",)}
-CHOICE_ATTR = "motiondirector_lora_layers"  # set on the transformer by WanBase.load
 
 
 def layer_choice(option) -> dict[str, tuple[str, ...]]:
     """`lora_layers` ({path: [names]}, paths left out take the default) -> {path: block linears}."""
-    option = {} if option is None else option
-    if not isinstance(option, dict) or not set(option) <= {SPATIAL, TEMPORAL}:
-        raise UserError(f"lora_layers must map spatial and/or temporal to layer lists, e.g. "
-                        f"{{spatial: [attn1, ffn], temporal: [attn1]}}; got {option!r}")
-    choice = {}
-    for path in (SPATIAL, TEMPORAL):
-        names = option.get(path, DEFAULT_LORA_LAYERS[path])
-        names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in names if n not in NAMES]
-        if not names or unknown:
-            raise UserError(f"lora_layers.{path}: {unknown[0] if unknown else 'an empty list'} is not a Wan block "
-                            f"layer; use attn1, attn2, ffn or single linears such as attn1.to_q, ffn.net.2")
-        chosen = {linear for n in names for linear in NAMES[n]}
-        choice[path] = tuple(linear for linear in BLOCK_ORDER if linear in chosen)
-    return choice
+    accepted = {SPATIAL: tuple(NAMES), TEMPORAL: tuple(NAMES)}
+    choice = layer_option.parse(option, accepted, DEFAULT_LORA_LAYERS, lambda path: (
+        "is not a Wan block layer; use attn1, attn2, ffn or single linears such as attn1.to_q, ffn.net.2"))
+    chosen = {path: {linear for name in names for linear in NAMES[name]} for path, names in choice.items()}
+    return {path: tuple(linear for linear in BLOCK_ORDER if linear in linears) for path, linears in chosen.items()}
 
 
 def set_layer_choice(transformer: torch.nn.Module, option) -> None:
     """Record the choice on the transformer: `lora_targets` is asked with the denoiser alone."""
-    setattr(transformer, CHOICE_ATTR, layer_choice(option))
+    layer_option.record(transformer, layer_choice(option))
 
 
 def chosen_layers(transformer: torch.nn.Module) -> dict[str, tuple[str, ...]]:
-    return getattr(transformer, CHOICE_ATTR, None) or layer_choice(None)
+    return layer_option.recorded(transformer, layer_choice(None))
 
 
 def targets(transformer: torch.nn.Module, linears: tuple[str, ...]) -> list[str]:
@@ -72,15 +61,4 @@ def targets(transformer: torch.nn.Module, linears: tuple[str, ...]) -> list[str]
 def targets_of_file(transformer: torch.nn.Module, path: str, file: Path) -> list[str] | None:
     """The layers one of our adapter files names (its `lora_config` metadata), checked to be Wan
     block linears of this transformer; None for a file without that metadata."""
-    from models.lora_io import read_lora_config
-
-    config = read_lora_config(Path(file))
-    if not config:
-        return None
-    allowed = targets(transformer, BLOCK_ORDER)
-    unknown = sorted(set(config["target_modules"]) - set(allowed))
-    if unknown:
-        raise UserError(f"{file}: layer {unknown[0]} is not a LoRA layer of this Wan transformer "
-                        f"(the {path} LoRA was trained on another base model)")
-    named = set(config["target_modules"])
-    return [name for name in allowed if name in named]
+    return layer_option.targets_of_file(file, targets(transformer, BLOCK_ORDER), path, "Wan transformer")

@@ -15,16 +15,15 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from diffusers.models.resnet import TemporalConvLayer
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import (
     TransformerTemporalModel,
     TransformerTemporalModelOutput,
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from models.bases import tiny_parts
-from models.bases.spec import SPATIAL, TEMPORAL, Components
-from models.bases.unet_base import UNetBase, linears_inside, sd_vae_config
+from models.bases import tiny_parts, zeroscope_layers
+from models.bases.spec import Components
+from models.bases.unet_base import UNetBase, sd_vae_config
 from models.fast_layers import cache_dtype, lean_attention
 from utils.errors import UserError
 
@@ -58,14 +57,6 @@ def apply_single_frame_rule(unet: torch.nn.Module) -> torch.nn.Module:
             module.__class__ = SingleFrameSkippingConv
     return unet
 
-
-# LoRA paths: the linears inside these blocks whose name contains one of the keys.
-# Spatial: self-attention and feed-forward of every Transformer2DModel block; temporal: both
-# attentions and the feed-forward of every TransformerTemporalModel, `transformer_in` included.
-LORA_PATHS = {
-    SPATIAL: (Transformer2DModel, ("attn1", "ff")),
-    TEMPORAL: (TransformerTemporalModel, ("attn1", "attn2", "ff")),
-}
 
 # Where activations are recomputed in the backward pass. "block": each down/mid/up block (and
 # transformer_in) keeps only its inputs; "fine": each resnet, temporal conv, spatial and temporal
@@ -151,6 +142,11 @@ class ZeroScopeBase(UNetBase):
     checkpoint_granularities = ("block", "fine")
     default_granularity = "fine"
     archs = ("zeroscope", "modelscope")
+    accepted_options = ("lora_layers",)
+
+    def check_options(self, model_index: dict, options: dict) -> None:
+        super().check_options(model_index, options)
+        zeroscope_layers.layer_choice(options.get("lora_layers"))
 
     def check_folder(self, path: Path) -> None:
         missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
@@ -166,6 +162,7 @@ class ZeroScopeBase(UNetBase):
         text_encoder = CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", torch_dtype=dtype)
         unet = load_unet(model_path, dtype=dtype)
+        zeroscope_layers.set_layer_choice(unet, (options or {}).get("lora_layers"))
         scheduler = DDIMScheduler.from_pretrained(model_path, subfolder="scheduler")
         return Components(self, tokenizer, text_encoder, vae, unet, scheduler)
 
@@ -179,10 +176,10 @@ class ZeroScopeBase(UNetBase):
         return denoiser(noisy, timesteps, encoder_hidden_states=text).sample
 
     def lora_targets(self, denoiser, path):
-        """In UNet registration order: the order of the original's saved lists (diffusers
-        registers up_blocks before mid_block)."""
-        parent_class, keys = LORA_PATHS[path]
-        return linears_inside(denoiser, parent_class, keys)
+        return zeroscope_layers.targets(denoiser, path)
+
+    def lora_targets_of_file(self, denoiser, path, file):
+        return zeroscope_layers.targets_of_file(denoiser, path, file) or self.lora_targets(denoiser, path)
 
     def checkpoint_targets(self, denoiser, granularity):
         self.check_granularity(granularity)

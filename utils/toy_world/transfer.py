@@ -87,14 +87,6 @@ def temporal_conv_targets(components, groups: tuple[str, ...]) -> list[str]:
             if ".temp_convs." in name and isinstance(module, torch.nn.Conv3d) and name.split(".")[0] in groups]
 
 
-def capped_ranks(components, targets: list[str], rank: int) -> dict[str, int]:
-    """Each target's rank, at most its smaller side (linears and convs alike)."""
-    modules = dict(components.denoiser.named_modules())
-    sides = {name: (getattr(modules[name], "in_features", None) or modules[name].in_channels,
-                    getattr(modules[name], "out_features", None) or modules[name].out_channels) for name in targets}
-    return {name: min(rank, *sides[name]) for name in targets}
-
-
 def reference_latents(components, motion: str, mode: str) -> tuple[list[torch.Tensor], list[tuple[str, str]]]:
     """The reference clips' latents (1, C, F, h, w) each and their (shape, colour)."""
     from utils.evaluation.inputs import read_video
@@ -128,7 +120,7 @@ def train_recipe(base: Path, motion: str, recipe: Recipe):
     targets = temporal_targets(components, recipe.temporal_layers)
     if recipe.temporal_convs:
         targets += temporal_conv_targets(components, recipe.temporal_layers)
-    add_adapter(denoiser, TEMPORAL, targets, capped_ranks(components, targets, recipe.rank), recipe.dropout)
+    add_adapter(denoiser, TEMPORAL, targets, recipe.rank, recipe.dropout)
     for name in spatial:
         add_adapter(denoiser, name, components.lora_targets(SPATIAL), recipe.rank, recipe.dropout)
     params = {name: adapter_parameters(denoiser, name) for name in [TEMPORAL, *spatial]}
