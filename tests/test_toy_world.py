@@ -522,8 +522,8 @@ def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
 
 
 def test_a_labelled_run_is_its_own_row_paired_against_motiondirector(tmp_path, capsys):
-    """`table FILE@LABEL`: the run's trained rows become "<row>@LABEL" (its base dropped) and are
-    paired, seed by seed, against MotionDirector of the unlabelled run."""
+    """`table FILE@LABEL`: the run's trained rows become "<row>@LABEL" (its base and its own labelled
+    rows dropped) and are paired, seed by seed, against MotionDirector of the unlabelled run."""
     import json
 
     from utils.toy_world.__main__ import main
@@ -538,9 +538,12 @@ def test_a_labelled_run_is_its_own_row_paired_against_motiondirector(tmp_path, c
                                           for s, (d, own) in enumerate([(5.0, 12.0), (6.0, 15.0), (7.0, 12.0)])]
     other = [row("base", None, 9.0)] + [row("motiondirector", s, d, own)
                                         for s, (d, own) in enumerate([(4.0, 15.0), (6.0, 22.0), (5.0, 20.0)])]
+    # a merged table holds rows it labelled itself, and other motions: --motion and the label drop them
+    other += [row("motiondirector@older", 0, 1.0), dict(row("motiondirector", 0, 1.0), motion="zigzag")]
     for name, rows in (("default", default), ("other", other)):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf8")
-    main(["table", str(tmp_path / "default.jsonl"), f"{tmp_path / 'other.jsonl'}@t_ffn", "--out", str(tmp_path / "t.json")])
+    main(["table", str(tmp_path / "default.jsonl"), f"{tmp_path / 'other.jsonl'}@t_ffn", "--motion", "circling",
+          "--out", str(tmp_path / "t.json")])
     merged = json.loads((tmp_path / "t.json").read_text(encoding="utf8"))
     assert [s["row"] for s in merged["summary"]] == ["base", "motiondirector", "motiondirector@t_ffn"]
     # no coupled rows: only the base and the labelled row against MotionDirector

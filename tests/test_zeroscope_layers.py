@@ -108,3 +108,15 @@ def test_training_with_temp_convs_trains_them_and_writes_them(tiny_model_dir, tm
     assert all(v.abs().max() > 0 for v in conv_ups.values())  # zero at the start: trained
     spatial = load_file(str(run_dir / "spatial" / "lora" / "3_unet.safetensors"))
     assert not any(".temp_convs." in k for k in spatial)
+
+
+def test_the_transfer_probe_takes_the_temporal_convs_of_the_parts_it_names(tiny_model_dir):
+    from utils.toy_world.transfer import temporal_conv_targets
+
+    components = load_components(str(tiny_model_dir))
+    # the mid block has two temporal conv blocks; conv1 is (GroupNorm, SiLU, Conv3d), conv2-4 add a Dropout
+    assert temporal_conv_targets(components, ("mid_block",)) == [
+        f"mid_block.temp_convs.{block}.{conv}" for block in (0, 1)
+        for conv in ("conv1.2", "conv2.3", "conv3.3", "conv4.3")]
+    everywhere = ("transformer_in", "down_blocks", "mid_block", "up_blocks")
+    assert len(temporal_conv_targets(components, everywhere)) == 32

@@ -120,6 +120,8 @@ def _table(args) -> None:
         text = Path(path).read_text(encoding="utf8")
         read = [json.loads(line) for line in text.splitlines()] if path.endswith(".jsonl") else json.loads(text)["rows"]
         rows += label_rows(read, label) if label else read
+    if args.motion:
+        rows = [r for r in rows if r["motion"] in args.motion]
     if args.out:
         print(write_tables(rows, args.out))
         return
@@ -395,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")
     table.add_argument("tables", nargs="+", help="table.json (or rows.jsonl, written row by row) files of experiment "
                                                  "runs; FILE@LABEL names a run with other settings (its rows become "
-                                                 "<row>@LABEL, paired against MotionDirector too; its base is dropped)")
+                                                 "<row>@LABEL, paired against MotionDirector too; its base and its own "
+                                                 "labelled rows are dropped)")
+    table.add_argument("--motion", nargs="+", default=[], help="keep only the rows of these motions (default: all)")
     table.add_argument("--out", help="write the merged rows, summary and differences to this JSON file "
                                      "(and the tables to the same name with .md)")
     table.set_defaults(run=_table)

@@ -46,8 +46,9 @@ def t_quantile(df: int) -> float:
 
 def label_rows(rows: list[dict], label: str) -> list[dict]:
     """The trained rows of a run with other settings (e.g. other LoRA layers), renamed
-    "<row>@<label>"; its base row is dropped (the base is the same model)."""
-    return [dict(r, row=f"{r['row']}@{label}") for r in rows if r["row"] != "base"]
+    "<row>@<label>"; its base row is dropped (the base is the same model), and so are rows it
+    labelled itself (a merged table's rows of yet other runs)."""
+    return [dict(r, row=f"{r['row']}@{label}") for r in rows if r["row"] != "base" and "@" not in r["row"]]
 
 
 def groups(rows: list[dict]):

@@ -82,9 +82,13 @@ def temporal_targets(components, groups: tuple[str, ...]) -> list[str]:
 
 
 def temporal_conv_targets(components, groups: tuple[str, ...]) -> list[str]:
-    """The Conv3d layers of the temporal convs inside the named top-level parts of the UNet."""
-    return [name for name, module in components.denoiser.named_modules()
-            if ".temp_convs." in name and isinstance(module, torch.nn.Conv3d) and name.split(".")[0] in groups]
+    """The Conv3d layers of the temporal convs (ZeroScope's `lora_layers` name `temp_convs`) inside
+    the named top-level parts of the UNet."""
+    from models.bases import zeroscope_layers
+    from models.lora import TEMPORAL
+
+    convs = zeroscope_layers.targets(components.denoiser, TEMPORAL, (zeroscope_layers.TEMPORAL_CONVS,))
+    return [name for name in convs if name.split(".")[0] in groups]
 
 
 def reference_latents(components, motion: str, mode: str) -> tuple[list[torch.Tensor], list[tuple[str, str]]]:
