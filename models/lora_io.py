@@ -150,7 +150,8 @@ def _ranks_matching_model(state, model, targets, path, file) -> dict[str, int]:
             continue
         name = key[: -len(".lora_A.weight")]
         if name not in targets:
-            raise UserError(f"{file}: layer {name} is not a {path} LoRA layer of this model (wrong base model or path)")
+            raise UserError(f"{file}: layer {name} is not a {path} LoRA layer of this model "
+                            "(wrong base model or path, or trained with other lora_layers)")
         inputs, outputs = layer_sides(modules[name])
         up = state.get(f"{name}.lora_B.weight")
         if up is None or tensor.shape[1] != inputs or tuple(up.shape[:2]) != (outputs, tensor.shape[0]):
