@@ -36,7 +36,7 @@ def add_adapter(
     dropout: float = 0.0,
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Inject one adapter on the linears named `targets` (the base's targets of its path).
+    """Inject one adapter on the layers (linears, or convs) named `targets` (the base's targets of its path).
 
     `rank` is one int (capped per layer at min(in, out) like the original; a conv's channels) or a per-layer dict.
     lora_alpha equals the rank so the LoRA term is scale * up(down(x)), as in the original;

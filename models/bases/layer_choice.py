@@ -8,6 +8,7 @@ and read back from an adapter file's `lora_config` metadata when one is loaded.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -18,9 +19,9 @@ CHOICE_ATTR = "motiondirector_lora_layers"  # set on the denoiser by a base's `l
 
 
 def parse(option, accepted: dict[str, tuple[str, ...]], defaults: dict[str, tuple[str, ...]],
-          unknown_hint: str) -> dict[str, tuple[str, ...]]:
+          unknown_hint: Callable[[str], str]) -> dict[str, tuple[str, ...]]:
     """`lora_layers` (paths left out take `defaults`) -> {path: chosen names}, each checked against
-    `accepted[path]`; `unknown_hint` ends the message for a name the path does not accept."""
+    `accepted[path]`; `unknown_hint(path)` ends the message for a name the path does not accept."""
     option = {} if option is None else option
     if not isinstance(option, dict) or not set(option) <= {SPATIAL, TEMPORAL}:
         example = {path: list(names) for path, names in defaults.items()}
@@ -59,5 +60,5 @@ def targets_of_file(file: Path, allowed: list[str], path: str, label: str) -> li
     unknown = sorted(named - set(allowed))
     if unknown:
         raise UserError(f"{file}: layer {unknown[0]} is not a {path} LoRA layer of this {label} "
-                        f"(the LoRA was trained on another base model)")
+                        f"(trained on another base model, or for the other path)")
     return [name for name in allowed if name in named]

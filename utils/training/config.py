@@ -102,7 +102,8 @@ class TrainConfig:
     appearance_debiased_loss: bool = True
     random_hflip_img: float = -1.0  # probability of a flipped frame for the spatial loss
     # Base-specific: which layers each LoRA path adapts, for a base that lets you choose (Wan:
-    # {spatial: [attn1, ffn], temporal: [attn1]}, the default). Others have fixed layers.
+    # {spatial: [attn1, ffn], temporal: [attn1]}, the default; ZeroScope: attn1 / attn2 / ff, and
+    # temp_convs on the temporal path, default the original's). AnimateDiff has fixed layers.
     lora_layers: Optional[Dict[str, Any]] = None
 
     # Noise.
