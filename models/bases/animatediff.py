@@ -41,7 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.bases import tiny_parts
 from models.bases.spec import SPATIAL, TEMPORAL, Components, ExportFile
-from models.bases.unet_base import UNetBase, linears_inside, sd_vae_config
+from models.bases.unet_base import UNetBase, layers_inside, sd_vae_config
 from models.fast_layers import cache_dtype, lean_attention
 from utils.errors import UserError
 
@@ -227,7 +227,7 @@ class AnimateDiffBase(UNetBase):
 
     def lora_targets(self, denoiser, path):
         parent_class, keys = LORA_PATHS[path]
-        return linears_inside(denoiser, parent_class, keys)
+        return layers_inside(denoiser, parent_class, keys)
 
     def checkpoint_targets(self, denoiser, granularity):
         self.check_granularity(granularity)

@@ -209,9 +209,11 @@ def as_noise(output: torch.Tensor, t, sample: torch.Tensor, scheduler: DDIMSched
     return alpha_prod**0.5 * output + (1 - alpha_prod) ** 0.5 * sample
 
 
-def linears_inside(model: torch.nn.Module, parent_class: type, keys: tuple[str, ...]) -> list[str]:
-    """Full names of the base linears inside every `parent_class` module whose name (inside the
-    parent) contains one of `keys`, in registration order; after injection, the LoRA wrappers."""
+def layers_inside(model: torch.nn.Module, parent_class: type, keys: tuple[str, ...],
+                  layer_type: type = torch.nn.Linear) -> list[str]:
+    """Full names of the base layers of `layer_type` (linears by default) inside every
+    `parent_class` module whose name (inside the parent) contains one of `keys`, in registration
+    order; after injection, the LoRA wrappers."""
     from peft.tuners.lora import LoraLayer
 
     names = []
@@ -219,8 +221,8 @@ def linears_inside(model: torch.nn.Module, parent_class: type, keys: tuple[str, 
         if not isinstance(parent, parent_class):
             continue
         for child_name, child in parent.named_modules():
-            is_linear = isinstance(child, LoraLayer) or (
-                isinstance(child, torch.nn.Linear) and "lora_" not in child_name and "base_layer" not in child_name)
-            if is_linear and any(k in child_name for k in keys):
+            is_layer = isinstance(child, LoraLayer) or (
+                isinstance(child, layer_type) and "lora_" not in child_name and "base_layer" not in child_name)
+            if is_layer and any(k in child_name for k in keys):
                 names.append(f"{parent_name}.{child_name}")
     return names

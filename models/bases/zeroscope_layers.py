@@ -26,7 +26,7 @@ from diffusers.models.transformers.transformer_temporal import TransformerTempor
 
 from models.bases import layer_choice as layer_option
 from models.bases.spec import SPATIAL, TEMPORAL
-from models.bases.unet_base import linears_inside
+from models.bases.unet_base import layers_inside
 
 TRANSFORMERS = {SPATIAL: Transformer2DModel, TEMPORAL: TransformerTemporalModel}
 TRANSFORMER_PARTS = ("attn1", "attn2", "ff")
@@ -51,9 +51,9 @@ def targets(unet: torch.nn.Module, path: str, names: tuple[str, ...] | None = No
     order: the order of the original's saved lists (diffusers registers up_blocks before mid_block)."""
     names = layer_option.recorded(unet, DEFAULT_LORA_LAYERS)[path] if names is None else names
     parts = tuple(name for name in names if name != TEMPORAL_CONVS)
-    chosen = set(linears_inside(unet, TRANSFORMERS[path], parts) if parts else [])
-    if TEMPORAL_CONVS in names:
-        chosen.update(_convs_inside(unet, TemporalConvLayer))
+    chosen = set(layers_inside(unet, TRANSFORMERS[path], parts))  # no parts: none
+    if TEMPORAL_CONVS in names:  # conv1.2, conv2.3, ... of every temporal conv block
+        chosen.update(layers_inside(unet, TemporalConvLayer, ("conv",), torch.nn.Conv3d))
     return [name for name, _ in unet.named_modules() if name in chosen]
 
 
@@ -62,18 +62,3 @@ def targets_of_file(unet: torch.nn.Module, path: str, file: Path) -> list[str] |
     for a file without `lora_config` metadata (the original's .pt lists)."""
     return layer_option.targets_of_file(file, targets(unet, path, ACCEPTED[path]), path, "UNet3D")
 
-
-def _convs_inside(model: torch.nn.Module, parent_class: type) -> list[str]:
-    """Full names of the Conv3d layers (or their LoRA wrappers) inside every `parent_class` module."""
-    from peft.tuners.lora import LoraLayer
-
-    names = []
-    for parent_name, parent in model.named_modules():
-        if not isinstance(parent, parent_class):
-            continue
-        for child_name, child in parent.named_modules():
-            wrapped = isinstance(child, LoraLayer)
-            plain = isinstance(child, torch.nn.Conv3d) and "lora_" not in child_name and "base_layer" not in child_name
-            if wrapped or plain:
-                names.append(f"{parent_name}.{child_name}")
-    return names
