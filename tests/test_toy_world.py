@@ -173,6 +173,7 @@ def test_motion_class_and_distance_by_hand():
     # a track shifted by (5, 5) with a radius 1.5 larger is 3 pixels (of diameter) away once centred
     shifted = track + [5.0, 5.0, 1.5]
     assert trajectory_distance(shifted, track) == pytest.approx(3.0)
+    assert trajectory_distance(shifted, track, with_size=False) == pytest.approx(0.0, abs=1e-12)  # the path alone
     missing = track.copy()
     missing[2] = np.nan
     assert trajectory_distance(missing, track) == 64.0
@@ -426,6 +427,15 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
     written = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text(encoding="utf8").splitlines()]
     assert written == [{k: v for k, v in r.items() if k != "samples"} for r in rows]  # row by row, as scored
     assert all(r["reference_subject_distance"] < 1.0 and r["motion_hit_rate"] == 1.0 for r in trained_rows)
+    # each clip's distance is kept: 2 new subjects x 1 seed, 1 reference subject x 1 seed
+    assert base["reference_subject_hit_rate"] == 0.0 and all(r["reference_subject_hit_rate"] == 1.0 for r in trained_rows)
+    assert all(len(r["distances"]) == 2 and len(r["reference_subject_distances"]) == 1 for r in rows)
+    assert rows[1]["clip_subjects"] == ["red circle", "red triangle"]  # the first two pairs sharing nothing
+    assert rows[1]["reference_subject_clip_subjects"] == ["blue square"]
+    # the path alone is never farther than path and size; the base's wrong direction misses either way
+    assert all(p <= d for r in rows for p, d in zip(r["path_distances"], r["distances"]))
+    assert base["path_hit_rate"] == 0.0 and all(r["path_hit_rate"] == 1.0 for r in trained_rows)
+    assert np.mean(base["distances"]) == pytest.approx(base["trajectory_distance"], abs=1e-3)
 
 
 def test_a_finished_training_run_is_reused_with_its_recorded_seconds(tmp_path, monkeypatch):
@@ -461,6 +471,28 @@ def test_multi_video_subjects_and_leakage():
     assert leaked(drawn("circle", "yellow"), ("circle", "green"), references)
     assert not leaked(drawn("circle", "red"), ("circle", "green"), references)
     assert not leaked(drawn("circle", "green"), ("circle", "green"), references)
+
+
+def test_by_subject_pools_each_subjects_clips_over_seeds():
+    """Per-clip figures of two seeds, pooled by subject, counted by hand; rows without them are skipped."""
+    from utils.toy_world.table import by_subject, format_by_subject
+
+    def row(seed, distances, paths, own):
+        return {"motion": "circling", "mode": "single", "row": "motiondirector", "seed": seed,
+                "clip_subjects": ["red circle", "green triangle"], "distances": distances, "path_distances": paths,
+                "reference_subject_clip_subjects": ["blue square"], "reference_subject_distances": [own],
+                "reference_subject_path_distances": [2.0]}
+
+    rows = [row(0, [3.0, 9.0], [2.0, 8.0], 6.0), row(1, [5.0, 11.0], [3.5, 10.0], 7.0),
+            {"motion": "circling", "mode": "single", "row": "motiondirector", "seed": 2}]
+    lines = {x["subject"]: x for x in by_subject(rows)}
+    assert list(lines) == ["red circle (new)", "green triangle (new)", "blue square (reference)"]
+    assert lines["red circle (new)"] | {} == {"motion": "circling", "mode": "single", "row": "motiondirector",
+                                              "subject": "red circle (new)", "clips": 2, "distance": 4.0, "hits": 1,
+                                              "path_distance": 2.75, "path_hits": 2}
+    assert (lines["blue square (reference)"]["hits"], lines["blue square (reference)"]["path_hits"]) == (0, 2)
+    assert "| circling | single | motiondirector | green triangle (new) | 2 | 10.00 | 0 | 9.00 | 0 |" in format_by_subject(
+        list(lines.values()))
 
 
 def test_summary_per_motion_and_paired_differences_by_hand(tmp_path, capsys):
@@ -558,7 +590,7 @@ def test_a_labelled_run_is_its_own_row_paired_against_motiondirector(tmp_path, c
     assert difference["reference_subject_distance_ci"] == pytest.approx(4.303 * np.sqrt(7) / np.sqrt(3))
     printed = capsys.readouterr().out
     assert "| circling | single | motiondirector@t_ffn − motiondirector | -1.00 ± 2.48 |" in printed
-    assert "| +6.00 ± 6.57 | 3 |" in printed
+    assert "| +6.00 ± 6.57 |  | 3 |" in printed  # rows from before the reference hit rate: an empty cell
 
 
 def test_rows_at_another_lora_scale_are_paired_against_their_scale_and_motiondirector():
@@ -653,6 +685,22 @@ def test_loop_weight_draws_loops_that_many_times_as_often():
     drawn = unet_batch(data, embeddings, 3000, 0.0, torch.Generator().manual_seed(0), loop_weights(data, 3.0))[0]
     loop_share = float(((drawn == 0) | (drawn == 3)).float().mean())
     assert abs(loop_share - 6 / 10) < 0.03  # two loop clips at 3 against four at 1; 3000 draws: sd 0.009
+
+
+def test_rehearsal_clips_join_the_batch_at_high_timesteps_only():
+    """The main stage's (and, when asked, the vocabulary stage's) rehearsal clips are appended to
+    the batch and alone get binding_min_t as their lowest timestep."""
+    from utils.toy_world.pretrain import PretrainSettings, with_rehearsal
+
+    settings = PretrainSettings(binding_min_t=500)
+    batch = torch.zeros(3, 1), torch.zeros(3, 2)
+    rehearsal = torch.arange(1.0, 6.0)[:, None], torch.ones(5, 2)
+    latents, context, min_t = with_rehearsal(*batch, rehearsal, 2, settings, torch.Generator().manual_seed(0))
+    assert latents.shape == (5, 1) and context.shape == (5, 2)
+    assert (latents[:3] == 0).all() and (latents[3:] >= 1).all() and (context[3:] == 1).all()
+    assert min_t.tolist() == [0, 0, 0, 500, 500]
+    with pytest.raises(UserError, match="--vocabulary-rehearsal must be in"):
+        PretrainSettings(unet_batch=8, vocabulary_rehearsal=8)
 
 
 def test_compare_writes_scores_and_strip(tmp_path):

@@ -36,7 +36,8 @@ def _pretrain(args) -> None:
                                 zero_terminal_snr=args.zero_terminal_snr, v_prediction=args.v_prediction,
                                 start_spread=spread, binding_steps=args.binding_steps,
                                 vocabulary_steps=args.vocabulary_steps, init_from=args.init_from,
-                                vocabulary_lr=args.vocabulary_lr, loop_weight=args.loop_weight)
+                                vocabulary_lr=args.vocabulary_lr, loop_weight=args.loop_weight,
+                                vocabulary_rehearsal=args.vocabulary_rehearsal)
     done = pretrain(args.out_dir, settings)
     sys.exit(0 if done else 3)
 
@@ -112,7 +113,7 @@ def _table(args) -> None:
     import json
     from pathlib import Path
 
-    from utils.toy_world.table import all_differences, label_rows, summarize_rows, tables_text, write_tables
+    from utils.toy_world.table import all_differences, by_subject, label_rows, summarize_rows, tables_text, write_tables
 
     rows = []
     for name in args.tables:
@@ -125,7 +126,7 @@ def _table(args) -> None:
     if args.out:
         print(write_tables(rows, args.out))
         return
-    print(tables_text(summarize_rows(rows), all_differences(rows)))
+    print(tables_text(summarize_rows(rows), all_differences(rows), by_subject(rows)))
 
 
 def _compare(args) -> None:
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "0: the v1 base, straight lines only)")
     pre.add_argument("--vocabulary-lr", type=float, default=5e-4, help="the vocabulary stage's peak learning rate "
                      "(default 5e-4)")
+    pre.add_argument("--vocabulary-rehearsal", type=int, default=0,
+                     help="of each vocabulary batch of 16, this many centred straight clips of the binding subjects at "
+                          "t >= 500, as the main stage has (default 0; needed when --unet-steps is 0)")
     pre.add_argument("--loop-weight", type=float, default=1.0,
                      help="draw loop clips this many times as often as others in the vocabulary stage (default 1)")
     pre.add_argument("--init-from", default=None, metavar="BASE",

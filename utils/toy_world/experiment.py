@@ -182,10 +182,32 @@ def sample_subjects(model, motion: str, subjects, sampling: Sampling, noise_prio
     return clips, time.time() - started
 
 
+def clip_distances(clips, motion: str, key: str = "trajectory_distance") -> np.ndarray:
+    """Trajectory distance (or another ClipScore field) of each sampled ((shape, colour), seed,
+    clip) to `motion`, pixels."""
+    return np.array([getattr(score_clip(clip, shape, color, motion), key) for (shape, color), _, clip in clips])
+
+
 def mean_distance(clips, motion: str) -> float:
     """Mean trajectory distance (pixels) of sampled ((shape, colour), seed, clip) to `motion`."""
-    return float(np.mean([score_clip(clip, shape, color, motion).trajectory_distance
-                          for (shape, color), _, clip in clips]))
+    return float(clip_distances(clips, motion).mean())
+
+
+def per_clip(clips, distances: np.ndarray, paths: np.ndarray, prefix: str = "") -> dict:
+    """Each clip's subject, trajectory distance and path distance (the size left out): what the
+    means hide, e.g. one shape that never hits."""
+    return {f"{prefix}clip_subjects": [f"{color} {shape}" for (shape, color), _, _ in clips],
+            f"{prefix}distances": [round(float(d), 3) for d in distances],
+            f"{prefix}path_distances": [round(float(d), 3) for d in paths]}
+
+
+def reference_subject_scores(clips, motion: str) -> dict:
+    """The reference subjects' own samples: mean distance, hit rate and the per-clip figures."""
+    distances, paths = clip_distances(clips, motion), clip_distances(clips, motion, "path_distance")
+    return {"reference_subject_distance": float(distances.mean()),
+            "reference_subject_hit_rate": float((distances < CLOSE_ENOUGH).mean()),
+            "reference_subject_path_hit_rate": float((paths < CLOSE_ENOUGH).mean()),
+            **per_clip(clips, distances, paths, "reference_subject_")}
 
 
 def score_row(name: str, motion: str, references, reference_frames: np.ndarray, clips,
@@ -194,6 +216,7 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
 
     scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
     distances = np.array([s.trajectory_distance for s in scores])
+    paths = np.array([s.path_distance for s in scores])
     reference_frames = world.without_clocks(reference_frames)
     return {
         "row": name,
@@ -201,11 +224,13 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
         "motion_hit_rate": float((distances < CLOSE_ENOUGH).mean()),
         "motion_fidelity": float(np.mean([motion_fidelity(world.without_clocks(clip), reference_frames)
                                           for _, _, clip in clips])),
+        "path_hit_rate": float((paths < CLOSE_ENOUGH).mean()),  # the path alone within CLOSE_ENOUGH
         "appearance_accuracy": float(np.mean([s.color_ok and s.shape_ok for s in scores])),
         "leakage": float(np.mean([leaked(s, subject, references) for s, (subject, _, _) in zip(scores, clips)])),
         "train_s": round(train_s, 1),
         "sample_s": round(sample_s, 1),
         "clips": len(scores),
+        **per_clip(clips, distances, paths),
     }
 
 
@@ -249,7 +274,7 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
                 row = score_row(name, motion, references, reference_frames, clips, train_s, sample_s)
                 # the reference subjects themselves: does the LoRA carry the motion at least for them?
                 own, _ = sample_subjects(model, motion, references, sampling, noise_prior)
-                row.update(motion=motion, mode=mode, seed=seed, reference_subject_distance=mean_distance(own, motion),
+                row.update(motion=motion, mode=mode, seed=seed, **reference_subject_scores(own, motion),
                            **({"samples": clips} if keep_clips else {}))
                 rows.append(row)
                 with (out_dir / "rows.jsonl").open("a", encoding="utf8") as file:  # survives an interruption

@@ -95,6 +95,10 @@ class PretrainSettings(StageSettings):
     # own warm-up and cosine learning rate. 0 skips it (the v1 base).
     vocabulary_steps: int = 0
     vocabulary_lr: float = 5e-4
+    # Of each vocabulary batch, this many are rehearsal clips as in the main stage (0 in the shipped
+    # recipe, whose main stage comes first). Without them a vocabulary stage straight after the
+    # binding stage unbinds the direction words within 100 steps (docs/toy_world.md, Commands).
+    vocabulary_rehearsal: int = 0
     # How many times more often a loop clip ("moving in a circle") is drawn than any other clip in
     # the vocabulary stage (1: uniform, as in the shipped base's first 3000 vocabulary steps; its loop
     # stage used 5). Loops are the family the base renders worst (docs/toy_world.md, "The gate").
@@ -107,6 +111,8 @@ class PretrainSettings(StageSettings):
         if not 0 <= self.rehearsal_per_batch < self.unet_batch:
             raise ValueError(f"rehearsal_per_batch ({self.rehearsal_per_batch}) must be in [0, unet_batch = "
                              f"{self.unet_batch})")
+        if not 0 <= self.vocabulary_rehearsal < self.unet_batch:
+            raise UserError(f"--vocabulary-rehearsal must be in [0, {self.unet_batch}), not {self.vocabulary_rehearsal}")
         if not self.loop_weight > 0:
             raise UserError(f"--loop-weight must be above 0, not {self.loop_weight}")
 
@@ -378,7 +384,8 @@ def train_unet(out: Path, settings: PretrainSettings, deadline: float) -> bool:
             update_ema(ema, unet, step - settings.binding_steps, settings.ema_decay)
         else:
             vocabulary = vocabulary or vocabulary_data(out, settings)
-            loss = vocabulary_step(unet, optimizer, scheduler, *vocabulary, settings, step - settings.vocabulary_start)
+            loss = vocabulary_step(unet, optimizer, scheduler, *vocabulary, rehearsal, settings,
+                                   step - settings.vocabulary_start)
             update_ema(ema, unet, step - settings.vocabulary_start, settings.ema_decay)
         step += 1
         recent.append(loss)
@@ -431,9 +438,7 @@ def main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings:
         group["lr"] = learning_rate(step, settings.unet_lr, settings.warmup_steps, settings.unet_steps)
     count = settings.rehearsal_per_batch
     latents, context = unet_batch(data, embeddings, settings.unet_batch - count, settings.uncond_prob, gen)
-    pick = torch.randint(0, len(rehearsal[0]), (count,), generator=gen)
-    latents, context = torch.cat([latents, rehearsal[0][pick]]), torch.cat([context, rehearsal[1][pick]])
-    min_t = torch.tensor([0] * (settings.unet_batch - count) + [settings.binding_min_t] * count)
+    latents, context, min_t = with_rehearsal(latents, context, rehearsal, count, settings, gen)
     loss = unet_loss(unet, scheduler, latents, context, gen, min_t)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -442,22 +447,35 @@ def main_step(unet, optimizer, scheduler, data, embeddings, rehearsal, settings:
     return loss.item()
 
 
+def with_rehearsal(latents, context, rehearsal, count: int, settings: PretrainSettings, gen: torch.Generator):
+    """(latents, context, min_t): the batch plus `count` random rehearsal clips, which alone train
+    at t >= binding_min_t (where the direction words are bound)."""
+    pick = torch.randint(0, len(rehearsal[0]), (count,), generator=gen)
+    latents, context = torch.cat([latents, rehearsal[0][pick]]), torch.cat([context, rehearsal[1][pick]])
+    min_t = torch.tensor([0] * (len(latents) - count) + [settings.binding_min_t] * count)
+    return latents, context, min_t
+
+
 def vocabulary_data(out: Path, settings: PretrainSettings) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """The vocabulary stage's clips, caption states and per-clip draw weights (fixed for the stage)."""
     data, embeddings = stage_data(out, settings, encode_family_dataset)
     return data, embeddings, loop_weights(data, settings.loop_weight)
 
 
-def vocabulary_step(unet, optimizer, scheduler, data, embeddings, weights, settings: PretrainSettings,
+def vocabulary_step(unet, optimizer, scheduler, data, embeddings, weights, rehearsal, settings: PretrainSettings,
                     step: int) -> float:
-    """One step on random family clips (drawn by `weights`, None: uniformly); warm-up and cosine
-    learning rate from `vocabulary_lr`."""
+    """One step on random family clips (drawn by `weights`, None: uniformly) plus
+    `vocabulary_rehearsal` rehearsal clips; warm-up and cosine learning rate from `vocabulary_lr`."""
     gen = step_generator(settings.seed, "vocabulary", step)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout in temp_convs
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings.vocabulary_lr, settings.warmup_steps, settings.vocabulary_steps)
-    latents, context = unet_batch(data, embeddings, settings.unet_batch, settings.uncond_prob, gen, weights)
-    loss = unet_loss(unet, scheduler, latents, context, gen)
+    count = settings.vocabulary_rehearsal
+    latents, context = unet_batch(data, embeddings, settings.unet_batch - count, settings.uncond_prob, gen, weights)
+    min_t = 0
+    if count:  # (without them the draws stay those of the shipped recipe)
+        latents, context, min_t = with_rehearsal(latents, context, rehearsal, count, settings, gen)
+    loss = unet_loss(unet, scheduler, latents, context, gen, min_t)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -40,6 +40,7 @@ class ClipScore:
     wiggle: float | None = None  # RMS distance from the straight-line fit, pixels
     loop_radius: float | None = None  # radius and sweep (radians, + clockwise) of the fitted circle
     loop_sweep: float | None = None
+    path_distance: float | None = None  # trajectory_distance of the centre alone (the size left out), pixels
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,15 +103,16 @@ def motion_class(track: np.ndarray) -> str | None:
     return "down" if dy > 0 else "up"
 
 
-def trajectory_distance(track: np.ndarray, reference: np.ndarray) -> float:
-    """Mean per-frame distance (pixels) of two (F, 3) tracks after removing each one's mean centre."""
+def trajectory_distance(track: np.ndarray, reference: np.ndarray, with_size: bool = True) -> float:
+    """Mean per-frame distance (pixels) of two (F, 3) tracks after removing each one's mean centre;
+    the diameter counts as a third coordinate unless `with_size` is False (the path alone)."""
     if np.isnan(track).any():
         return MISSING_DISTANCE
     a, b = track.astype(np.float64).copy(), reference.astype(np.float64).copy()
     a[:, :2] -= a[:, :2].mean(axis=0)
     b[:, :2] -= b[:, :2].mean(axis=0)
-    a[:, 2] *= 2
-    b[:, 2] *= 2
+    a[:, 2] *= 2 if with_size else 0
+    b[:, 2] *= 2 if with_size else 0
     return float(np.linalg.norm(a - b, axis=-1).mean())
 
 
@@ -129,6 +131,7 @@ def score_reading(reading: Reading, shape: str, color: str, motion: str) -> Clip
         wiggle=wiggle(reading.track),
         loop_radius=None if circle is None else circle[0],
         loop_sweep=None if circle is None else circle[1],
+        path_distance=trajectory_distance(reading.track, reference, with_size=False),
     )
 
 

@@ -19,24 +19,27 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from utils.toy_world.experiment import NOISE_PRIORS, VARIANTS
+from utils.toy_world.experiment import CLOSE_ENOUGH, NOISE_PRIORS, VARIANTS
 
 ROW_ORDER = ["base", *VARIANTS] + [f"motiondirector_np{p}" for p in NOISE_PRIORS]
 SCORE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
-              "reference_subject_distance", "train_s", "sample_s")
+              "reference_subject_distance", "reference_subject_hit_rate", "path_hit_rate",
+              "reference_subject_path_hit_rate", "train_s", "sample_s")
 DIFFERENCE_KEYS = ("trajectory_distance", "motion_hit_rate", "motion_fidelity", "appearance_accuracy", "leakage",
-                   "reference_subject_distance")
+                   "reference_subject_distance", "reference_subject_hit_rate")
 # Student's t, 0.975 quantile, by degrees of freedom (scipy.stats.t.ppf(0.975, df)); 1.96 beyond.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 COLUMNS = (("trajectory_distance", "trajectory px ↓", 2), ("motion_hit_rate", "hit rate ↑", 2),
            ("motion_fidelity", "motion fidelity ↑", 1), ("appearance_accuracy", "appearance ↑", 2),
            ("leakage", "leakage ↓", 2), ("reference_subject_distance", "reference subject px ↓", 2),
-           ("train_s", "train s", 0), ("sample_s", "sample s", 0))
+           ("reference_subject_hit_rate", "reference subject hit rate ↑", 2), ("train_s", "train s", 0),
+           ("sample_s", "sample s", 0))
 
 
 def t_quantile(df: int) -> float:
@@ -132,6 +135,35 @@ def all_differences(rows: list[dict]) -> list[dict]:
     return against_coupled + against_md + scaled
 
 
+def by_subject(rows: list[dict]) -> list[dict]:
+    """One line per (motion, mode, row, subject) over the rows that keep per-clip figures (runs
+    since 2026-12-07): clips, mean trajectory distance and hits, mean path distance (the size left
+    out) and path hits; new subjects first, then the reference subjects' own clips."""
+    lines = []
+    for motion, mode, name, picked in groups(rows):
+        for prefix, who in (("", "new"), ("reference_subject_", "reference")):
+            clips = defaultdict(list)
+            for row in (r for r in picked if f"{prefix}clip_subjects" in r):
+                for subject, *pair in zip(row[f"{prefix}clip_subjects"], row[f"{prefix}distances"],
+                                          row[f"{prefix}path_distances"]):
+                    clips[subject].append(pair)
+            for subject, pairs in clips.items():
+                distance, path = np.array(pairs).T
+                lines.append({"motion": motion, "mode": mode, "row": name, "subject": f"{subject} ({who})",
+                              "clips": len(pairs), "distance": float(distance.mean()),
+                              "hits": int((distance < CLOSE_ENOUGH).sum()), "path_distance": float(path.mean()),
+                              "path_hits": int((path < CLOSE_ENOUGH).sum())})
+    return lines
+
+
+def format_by_subject(lines: list[dict]) -> str:
+    out = ["| motion | mode | row | subject | clips | trajectory px | hits | path px (size left out) | path hits |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {x['motion']} | {x['mode']} | {x['row']} | {x['subject']} | {x['clips']} | {x['distance']:.2f} | "
+            f"{x['hits']} | {x['path_distance']:.2f} | {x['path_hits']} |" for x in lines]
+    return "\n".join(out)
+
+
 def format_table(summary: list[dict]) -> str:
     headers = ["motion", "mode", "row", *(title for _, title, _ in COLUMNS), "seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -170,15 +202,19 @@ def format_differences(lines: list[dict]) -> str:
 def write_tables(rows: list[dict], path: str | Path) -> str:
     """Write rows, summary and paired differences to `path` (JSON) and both tables beside it
     (.md); return the tables' text."""
-    summary, differences = summarize_rows(rows), all_differences(rows)
+    summary, differences, subjects = summarize_rows(rows), all_differences(rows), by_subject(rows)
     path = Path(path)
-    path.write_text(json.dumps({"summary": summary, "differences": differences, "rows": rows}, indent=1) + "\n",
-                    encoding="utf8")
-    text = tables_text(summary, differences)
+    path.write_text(json.dumps({"summary": summary, "differences": differences, "by_subject": subjects,
+                                "rows": rows}, indent=1) + "\n", encoding="utf8")
+    text = tables_text(summary, differences, subjects)
     path.with_suffix(".md").write_text(text + "\n", encoding="utf8")
     return text
 
 
-def tables_text(summary: list[dict], differences: list[dict]) -> str:
-    return (format_table(summary) + "\n\nPaired differences, seed by seed (mean ± the 95% interval's half-width over "
+def tables_text(summary: list[dict], differences: list[dict], subjects: list[dict] = ()) -> str:
+    text = (format_table(summary) + "\n\nPaired differences, seed by seed (mean ± the 95% interval's half-width over "
             "training seeds):\n\n" + format_differences(differences))
+    if subjects:
+        text += (f"\n\nBy subject, every training seed's clips together (hits: clips within {CLOSE_ENOUGH:g} px):"
+                 "\n\n" + format_by_subject(subjects))
+    return text
