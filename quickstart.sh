@@ -30,7 +30,7 @@ mkdir -p "$OUT"
 printf '%s\n' "a red circle moving right" "a red triangle moving right" "a green circle moving right" \
   "a green triangle moving right" > "$OUT/prompts.txt"
 # The temporal LoRA also on the temporal convs (the layers that see frame order; a zig needs them),
-# trained 1200 steps: the recipe measured in docs/toy_world.md ("The zig-zag, learned").
+# trained 1200 steps: the recipe measured in docs/toy_world.md ("The zig-zag in the trainer").
 STEPS=1200
 $PY MotionDirector_train.py --config configs/config_toy_world_single_video.yaml output_dir=$OUT/train pretrained_model_path="$BASE" \
   "lora_layers.temporal=[attn1,attn2,ff,temp_convs]" max_train_steps=$STEPS checkpointing_steps=$STEPS validation_steps=$STEPS \

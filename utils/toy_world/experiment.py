@@ -182,15 +182,16 @@ def sample_subjects(model, motion: str, subjects, sampling: Sampling, noise_prio
     return clips, time.time() - started
 
 
-def clip_distances(clips, motion: str, key: str = "trajectory_distance") -> np.ndarray:
-    """Trajectory distance (or another ClipScore field) of each sampled ((shape, colour), seed,
-    clip) to `motion`, pixels."""
-    return np.array([getattr(score_clip(clip, shape, color, motion), key) for (shape, color), _, clip in clips])
-
-
 def mean_distance(clips, motion: str) -> float:
     """Mean trajectory distance (pixels) of sampled ((shape, colour), seed, clip) to `motion`."""
-    return float(clip_distances(clips, motion).mean())
+    return float(np.mean([score_clip(clip, shape, color, motion).trajectory_distance
+                          for (shape, color), _, clip in clips]))
+
+
+def scored_distances(clips, motion: str) -> tuple[list[ClipScore], np.ndarray, np.ndarray]:
+    """Each clip's score, and its trajectory and path distances (pixels) to `motion`."""
+    scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
+    return scores, np.array([s.trajectory_distance for s in scores]), np.array([s.path_distance for s in scores])
 
 
 def per_clip(clips, distances: np.ndarray, paths: np.ndarray, prefix: str = "") -> dict:
@@ -203,7 +204,7 @@ def per_clip(clips, distances: np.ndarray, paths: np.ndarray, prefix: str = "") 
 
 def reference_subject_scores(clips, motion: str) -> dict:
     """The reference subjects' own samples: mean distance, hit rate and the per-clip figures."""
-    distances, paths = clip_distances(clips, motion), clip_distances(clips, motion, "path_distance")
+    _, distances, paths = scored_distances(clips, motion)
     return {"reference_subject_distance": float(distances.mean()),
             "reference_subject_hit_rate": float((distances < CLOSE_ENOUGH).mean()),
             "reference_subject_path_hit_rate": float((paths < CLOSE_ENOUGH).mean()),
@@ -214,9 +215,7 @@ def score_row(name: str, motion: str, references, reference_frames: np.ndarray, 
               train_s: float, sample_s: float) -> dict:
     from utils.evaluation.motion_fidelity import motion_fidelity
 
-    scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
-    distances = np.array([s.trajectory_distance for s in scores])
-    paths = np.array([s.path_distance for s in scores])
+    scores, distances, paths = scored_distances(clips, motion)
     reference_frames = world.without_clocks(reference_frames)
     return {
         "row": name,
