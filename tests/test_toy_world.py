@@ -164,6 +164,19 @@ def test_specs_are_deterministic_and_clips_stay_inside():
     assert world.caption("circle", "red", "left") == "a red circle moving left"
 
 
+def test_clip_size_is_the_drawn_half_width_and_pools_by_drawn_shape():
+    from dataclasses import replace
+
+    from utils.toy_world.score import size_by_shape
+
+    square = score_clip(world.render(world.centered_spec("square", "blue", "right")), "square", "blue", "right")
+    assert square.size == pytest.approx(world.RADIUS)  # the generator's half-width, read back exactly
+    wider = replace(square, size=14.0)
+    wrong_shape = replace(square, shape_ok=False, size=30.0)  # drawn as another shape: not pooled
+    assert size_by_shape([square, wider, wrong_shape]) == {
+        "square": {"clips": 2, "size_mean": pytest.approx(12.5), "size_std": pytest.approx(1.5)}}
+
+
 def test_motion_class_and_distance_by_hand():
     frames = np.arange(8)
     track = np.stack([10 + 2.0 * frames, 30 + 0.5 * frames, np.full(8, 9.0)], -1)  # dx 14, dy 3.5
@@ -392,7 +405,7 @@ def test_experiment_loop_passes_overrides_and_scores_the_reference_subjects(tmp_
 
     trained = []
 
-    def fake_train(base, motion, seed, steps, out_dir, overrides=(), mode="single"):
+    def fake_train(base, motion, seed, steps, out_dir, overrides=(), mode="single", setup=None):
         trained.append((Path(out_dir).name, overrides))
         return Path(out_dir), 1.0
 
@@ -453,6 +466,53 @@ def test_a_finished_training_run_is_reused_with_its_recorded_seconds(tmp_path, m
     assert len(calls) == 1 and first[0].name == "train_1"
     experiment.train_motiondirector(SHIPPED_V2, "zigzag", 1, 5, tmp_path / "out")  # another seed: trains
     assert len(calls) == 2
+
+
+def test_other_reference_subjects_reach_training_and_the_new_subjects(tmp_path, monkeypatch):
+    from utils.toy_world import experiment
+    from utils.toy_world.__main__ import main
+
+    with pytest.raises(UserError, match="bad subject 'hexagon:red'"):
+        main(["make-data", str(tmp_path / "bad"), "--reference", "--reference-subjects", "hexagon:red"])
+    written = world.write_reference_clips(tmp_path / "refs", subjects=[("circle", "yellow"), ("square", "blue")])
+    assert sorted(p.relative_to(tmp_path / "refs").as_posix() for p in written if "circling" in str(p)) == [
+        "circling/multi/blue_square_circling_32_32.mp4", "circling/multi/yellow_circle_circling_32_32.mp4",
+        "circling/single/yellow_circle_circling_32_32.mp4"]
+    setup = experiment.setup_for(SHIPPED_V2, tmp_path / "refs")
+    references = experiment.reference_subjects("circling", "single", setup)
+    assert references == [("circle", "yellow")]
+    # new subjects share neither the shape nor the colour: the triangles are among them now
+    assert experiment.new_subjects(references, 4) == [("square", "red"), ("triangle", "red"),
+                                                      ("square", "green"), ("triangle", "green")]
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        (tmp_path / "out" / "train_1" / "temporal" / "lora").mkdir(parents=True)
+
+    monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    experiment.train_motiondirector(SHIPPED_V2, "circling", 0, 5, tmp_path / "out", setup=setup)
+    assert (f"train_data.single_video_path={tmp_path / 'refs' / 'circling' / 'single' / 'yellow_circle_circling_32_32.mp4'}"
+            in commands[0]) and "train_data.single_video_prompt=a yellow circle moving in a circle" in commands[0]
+
+
+def test_an_untrained_lora_leaves_every_subject_as_the_base_has_it(tmp_path, capsys):
+    """Known answer: a LoRA trained one step at a learning rate of 1e-30 keeps peft's zero B (to
+    ~1e-30), so its response is 0 and the first step's layout is the base's, subject by subject."""
+    from utils.toy_world.__main__ import main
+    from utils.toy_world.experiment import train_motiondirector
+    from utils.toy_world.transfer import subject_responses
+
+    run, _ = train_motiondirector(SHIPPED_V2, "circling", 0, 1, tmp_path / "run", ("learning_rate=1e-30",))
+    found = subject_responses(SHIPPED_V2, [run], "circling", [("square", "blue"), ("triangle", "green")])
+    assert list(found) == ["blue square", "green triangle"]
+    for entry in found.values():
+        assert list(entry["response"]) == [999, 800, 500]
+        assert all(values == [pytest.approx(0.0, abs=1e-6)] for values in entry["response"].values())
+        assert entry["layout_px"] == [pytest.approx(entry["base_layout_px"], rel=1e-5)]
+        assert entry["base_layout_px"] > 4.0  # the base does not draw the clip's circle from the start
+    main(["response", str(SHIPPED_V2), str(run), "--motion", "circling", "--subjects", "1"])
+    assert "blue square" in capsys.readouterr().out
 
 
 def test_multi_video_subjects_and_leakage():

@@ -14,7 +14,8 @@ def _make_data(args) -> None:
     from utils.toy_world import world
 
     if args.reference:
-        paths = world.write_reference_clips(args.out_dir, args.frames)
+        subjects = [_subject(text) for text in args.reference_subjects] or world.REFERENCE_SUBJECTS
+        paths = world.write_reference_clips(args.out_dir, args.frames, subjects)
         logging.getLogger(__name__).info("wrote %d reference clips to %s", len(paths), args.out_dir)
         return
     motions = world.NEW_MOTIONS if args.new else world.BASE_MOTIONS
@@ -22,6 +23,18 @@ def _make_data(args) -> None:
     for spec in specs:
         world.write_clip(spec, args.out_dir, frames=args.frames)
     logging.getLogger(__name__).info("wrote %d clips (+ captions) to %s", len(specs), args.out_dir)
+
+
+def _subject(text: str) -> tuple[str, str]:
+    """("triangle", "red") from "triangle:red"."""
+    from utils.errors import UserError
+    from utils.toy_world import world
+
+    shape, _, color = text.partition(":")
+    if shape not in world.SHAPES or color not in world.COLORS:
+        raise UserError(f"bad subject {text!r}; write SHAPE:COLOUR with a shape of {list(world.SHAPES)} "
+                        f"and a colour of {list(world.COLORS)}, e.g. triangle:red")
+    return shape, color
 
 
 def _pretrain(args) -> None:
@@ -100,13 +113,13 @@ def _experiment(args) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     sampling = Sampling(seeds=tuple(range(args.sample_seeds)), subjects=args.subjects)
+    setup = setup_for(args.model, args.reference_root)
     rows = run_experiment(args.model, out, args.motion, args.modes, args.train_seeds, args.steps, sampling,
-                          args.variants, overrides=tuple(args.set), lora_scales=tuple(args.lora_scales))
+                          args.variants, overrides=tuple(args.set), lora_scales=tuple(args.lora_scales), setup=setup)
     out.mkdir(parents=True, exist_ok=True)
     print(write_tables([{k: v for k, v in r.items() if k != "samples"} for r in rows], out / "table.json"))
     for motion in args.motion:
-        iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0],
-                                                               setup=setup_for(args.model)))
+        iio.imwrite(out / f"strips_{motion}.png", frame_strips(rows, motion, mode=args.modes[0], setup=setup))
 
 
 def _table(args) -> None:
@@ -159,7 +172,8 @@ def _vae_round_trip(args) -> None:
         for clip in reference_clips(motion, "single", setup_for(args.model))]
     for row in vae_round_trip(args.model, clips, args.seed):
         print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
-              f"{row['round_trip_px']:5.2f} px after the VAE, read as {row['read_after']}  ({row['clip']})")
+              f"{row['round_trip_px']:5.2f} px after the VAE, read as {row['read_after']}, half-width "
+              f"{row['size_px'][0]:.1f} -> {row['size_px'][1]:.1f} px  ({row['clip']})")
         print(f"{'':>9}  centre shift per frame (px): {' '.join('-' if s is None else str(s) for s in row['frame_px'])}")
 
 
@@ -220,6 +234,29 @@ def _transfer(args) -> None:
     print(f"{len(results)} results in {args.out}")
 
 
+def _response(args) -> None:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from utils.toy_world.experiment import new_subjects, reference_subjects, setup_for
+    from utils.toy_world.transfer import subject_responses
+
+    torch.set_num_threads(args.threads)
+    references = reference_subjects(args.motion, "single", setup_for(args.model, args.reference_root))
+    found = subject_responses(args.model, args.runs, args.motion, references + new_subjects(references, args.subjects))
+    reference = np.array(found[" ".join(references[0][::-1])]["response"][999])
+    print(f"{'subject':<16} {'response t=999':>15} {'/ reference':>12} {'layout px':>10} {'base layout px':>15}")
+    for subject, entry in found.items():
+        response = np.array(entry["response"][999])
+        ratio = (response / reference).mean() if reference.all() else float("nan")  # an untrained LoRA: 0 / 0
+        print(f"{subject:<16} {response.mean():9.2f} ± {response.std(ddof=1) if len(response) > 1 else 0:4.2f} "
+              f"{ratio:12.2f} {np.mean(entry['layout_px']):10.2f} {entry['base_layout_px']:15.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(found, indent=1), encoding="utf8")
+
+
 def _binding(args) -> None:
     import json
 
@@ -245,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--new", action="store_true", help="the new motions instead of the base ones")
     make.add_argument("--reference", action="store_true",
                       help="the new motions' reference clips (<motion>/single/, <motion>/multi/) instead")
+    make.add_argument("--reference-subjects", nargs="+", default=[], metavar="SHAPE:COLOUR",
+                      help="with --reference: the subjects, the first one also the single clip's "
+                           "(default: square:blue circle:yellow triangle:red, the bundled clips')")
     make.set_defaults(run=_make_data)
 
     pre = commands.add_parser("pretrain", help="pretrain the base pipeline (resumable)")
@@ -351,6 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     tr.set_defaults(run=_transfer)
 
+    resp = commands.add_parser("response", help="per subject, what trained runs' temporal LoRAs do before sampling: "
+                                                "their response at t = 999/800/500 and the first step's layout")
+    resp.add_argument("model", help="the base pipeline folder the runs were trained on")
+    resp.add_argument("runs", nargs="+", help="training run folders (each with temporal/lora/)")
+    resp.add_argument("--motion", required=True, choices=NEW_MOTIONS, help="the motion the runs learned")
+    resp.add_argument("--subjects", type=int, default=4, help="new subjects, after the reference's (default 4)")
+    resp.add_argument("--reference-root", help="the runs' reference clips, if not the bundled ones")
+    resp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    resp.add_argument("--out", help="also write every value (per run) to this JSON file")
+    resp.set_defaults(run=_response)
+
     cmp = commands.add_parser("compare", help="score base and MotionDirector videos against the reference clip")
     cmp.add_argument("reference", help="the reference clip (mp4)")
     cmp.add_argument("--prompt", default=None,
@@ -396,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--lora-scales", type=float, nargs="+", default=[], metavar="SCALE",
                      help="also sample every trained run with its temporal LoRA at these scales (rows "
                           "<variant>_ls<scale>; a finished run in out_dir is not trained again)")
+    exp.add_argument("--reference-root", help="reference clips from this folder (make-data DIR --reference "
+                                              "--reference-subjects ...) instead of the bundled test_data ones")
     exp.set_defaults(run=_experiment)
 
     table = commands.add_parser("table", help="one table from the rows of several experiment runs' table.json")

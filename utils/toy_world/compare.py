@@ -113,6 +113,7 @@ def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], 
                      "file_px": round(score_reading(written, shape, color, motion).trajectory_distance, 2),
                      "round_trip_px": round(score_reading(after, shape, color, motion).trajectory_distance, 2),
                      "read_after": f"{after.color} {after.shape}",
+                     "size_px": [round(float(np.nanmean(r.track[:, 2])), 2) for r in (written, after)],
                      "frame_px": frame_shifts(written.track, after.track)})
     return rows
 

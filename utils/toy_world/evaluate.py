@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from utils.toy_world import world
-from utils.toy_world.score import ClipScore, motion_by_family, path_spread, score_clip, summarize
+from utils.toy_world.score import ClipScore, motion_by_family, path_spread, score_clip, size_by_shape, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def evaluate(model_dir: str | Path, combos: list[tuple[str, str, str]], samples_
     summary = summarize(scores)
     summary.update(sampling_seconds=round(time.time() - started, 1), frames=world.clip_frames(components.base.name),
                    num_steps=num_steps, guidance_scale=guidance_scale, samples_per_prompt=samples_per_prompt,
-                   motion_by_family=motion_by_family(scores, motions), spread=path_spread(scores, motions))
+                   motion_by_family=motion_by_family(scores, motions), spread=path_spread(scores, motions),
+                   size_by_shape=size_by_shape(scores))
     logger.info("colour %.3f  shape %.3f  motion %.3f  over %d clips", summary["color_accuracy"],
                 summary["shape_accuracy"], summary["motion_accuracy"], summary["clips"])
     return {"summary": summary, "clips": per_prompt}

@@ -19,7 +19,7 @@ import logging
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +49,13 @@ DIT_SETUP = WorldSetup(world.DIT_FRAMES, REPO / "test_data" / "toy_world_dit",
                        REPO / "configs" / "config_toy_world_dit_single_video.yaml")
 
 
-def setup_for(base: str | Path) -> WorldSetup:
-    """The setup of a base folder: the DiT one for a Wan pipeline, else the UNet one."""
+def setup_for(base: str | Path, reference_root: str | Path | None = None) -> WorldSetup:
+    """The setup of a base folder: the DiT one for a Wan pipeline, else the UNet one; with
+    `reference_root`, its reference clips come from there."""
     from models.bases import base_for_model
 
-    return DIT_SETUP if world.clip_frames(base_for_model(str(base)).name) == world.DIT_FRAMES else UNET_SETUP
+    setup = DIT_SETUP if world.clip_frames(base_for_model(str(base)).name) == world.DIT_FRAMES else UNET_SETUP
+    return replace(setup, reference_root=Path(reference_root).resolve()) if reference_root else setup
 CLOSE_ENOUGH = 4.0  # a trajectory within this many pixels (mean per frame) counts as the motion
 MODES = ("single", "multi")
 # Training variants: config overrides on top of the toy config. "coupled" is the paper's coupled
@@ -125,14 +127,16 @@ def data_overrides(motion: str, mode: str, setup: WorldSetup = UNET_SETUP) -> li
 
 
 def train_motiondirector(base: Path, motion: str, seed: int, steps: int, out_dir: Path,
-                         overrides: tuple[str, ...] = (), mode: str = "single") -> tuple[Path, float]:
-    """Run MotionDirector_train.py on the motion's reference clip(s); (run folder, seconds).
+                         overrides: tuple[str, ...] = (), mode: str = "single",
+                         setup: WorldSetup | None = None) -> tuple[Path, float]:
+    """Run MotionDirector_train.py on the motion's reference clip(s) (`setup`'s, by default the
+    base's bundled ones); (run folder, seconds).
 
     A finished run of the same command in `out_dir` (its `experiment_run.json` says which) is
     reused with its recorded seconds: training is seeded, so an interrupted or re-scored
     experiment need not train again.
     """
-    setup = setup_for(base)
+    setup = setup or setup_for(base)
     command = [sys.executable, "MotionDirector_train.py", "--config", str(setup.config),
                f"pretrained_model_path={base}", f"output_dir={out_dir}", f"seed={seed}",
                f"max_train_steps={steps}", f"checkpointing_steps={steps}", f"validation_steps={steps}",
@@ -244,12 +248,13 @@ DEFAULT_MOTIONS = ("zigzag", "circling", "growing")  # two family members and a 
 def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTIONS, modes=MODES,
                    train_seeds=(0, 1, 2, 3, 4), steps: int = 600, sampling: Sampling = Sampling(),
                    variants=tuple(VARIANTS), keep_clips: bool = True, overrides: tuple[str, ...] = (),
-                   lora_scales: tuple[float, ...] = ()) -> list[dict]:
+                   lora_scales: tuple[float, ...] = (), setup: WorldSetup | None = None) -> list[dict]:
     """Every row for every motion, mode and training seed (the base once per motion and mode).
 
     `overrides` (config key=value, e.g. "lora_rank=32") go to every training run, after the variant's.
     Each of `lora_scales` adds a row per trained run, "<variant>_ls<scale>": the same LoRA sampled at
-    that scale (the noise-prior rows stay at scale 1).
+    that scale (the noise-prior rows stay at scale 1). `setup` (default: the base's, `setup_for`)
+    says where the reference clips are.
 
     Each row dict carries motion, mode, seed (None for the base), the scores and, when
     `keep_clips`, the sampled clips under "samples" (for pictures; not JSON-serialisable). Each row
@@ -260,7 +265,7 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
 
     base, out_dir = Path(base).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    setup, rows = setup_for(base), []
+    setup, rows = setup or setup_for(base), []
     for motion in motions:
         reference_frames = read_video(reference_clip(motion, setup))
         for mode in modes:
@@ -288,7 +293,7 @@ def run_experiment(base: str | Path, out_dir: str | Path, motions=DEFAULT_MOTION
                 for variant in variants:
                     run, train_s = train_motiondirector(base, motion, seed, steps,
                                                         out_dir / motion / mode / f"{variant}_seed{seed}",
-                                                        (*VARIANTS[variant], *overrides), mode)
+                                                        (*VARIANTS[variant], *overrides), mode, setup)
                     add(variant, seed, run, train_s)
                     for scale in lora_scales:
                         add(scaled_row(variant, scale), seed, run, train_s, lora_scale=scale)

@@ -41,6 +41,7 @@ class ClipScore:
     loop_radius: float | None = None  # radius and sweep (radians, + clockwise) of the fitted circle
     loop_sweep: float | None = None
     path_distance: float | None = None  # trajectory_distance of the centre alone (the size left out), pixels
+    size: float | None = None  # mean half-width of the subject's box where seen, pixels (drawn: world.RADIUS)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +133,7 @@ def score_reading(reading: Reading, shape: str, color: str, motion: str) -> Clip
         loop_radius=None if circle is None else circle[0],
         loop_sweep=None if circle is None else circle[1],
         path_distance=trajectory_distance(reading.track, reference, with_size=False),
+        size=None if np.isnan(reading.track[:, 2]).all() else float(np.nanmean(reading.track[:, 2])),
     )
 
 
@@ -156,6 +158,17 @@ def path_spread(scores: list[ClipScore], motions: list[str]) -> dict:
             spread[family] = {"clips": len(picked), "radius_mean": float(radii.mean()), "radius_std": float(radii.std()),
                               "clockwise": float(np.mean([s.loop_sweep > 0 for s in picked]))}
     return spread
+
+
+def size_by_shape(scores: list[ClipScore]) -> dict:
+    """Per shape, the mean and standard deviation of the half-width (pixels) of the clips drawn
+    with their prompt's shape: whether a model draws a shape at the world's size."""
+    sizes = {}
+    for s in scores:
+        if s.shape_ok and s.size is not None:
+            sizes.setdefault(s.shape, []).append(s.size)
+    return {shape: {"clips": len(v), "size_mean": float(np.mean(v)), "size_std": float(np.std(v))}
+            for shape, v in sorted(sizes.items())}
 
 
 def motion_by_family(scores: list[ClipScore], motions: list[str]) -> dict:

@@ -211,6 +211,25 @@ def lora_response(components, motion: str, subjects, recipe: Recipe, timesteps=(
     return response
 
 
+def subject_responses(base: str | Path, runs, motion: str, subjects) -> dict[str, dict]:
+    """Per subject ("green circle"), what each trained run's temporal LoRA does to it before any
+    sampling: its response (`lora_response`, per timestep one value per run) and the first step's
+    layout distance to the motion (`layout_distance`, one per run), beside the base's layout."""
+    from utils.toy_world.experiment import sampling_model
+
+    bare, _ = sampling_model(Path(base), None)
+    found = {f"{color} {shape}": {"base_layout_px": layout_distance(bare, motion, [(shape, color)], Recipe()),
+                                  "layout_px": [], "response": {}} for shape, color in subjects}
+    for run in runs:
+        components, _ = sampling_model(Path(base), Path(run))
+        for shape, color in subjects:
+            entry = found[f"{color} {shape}"]
+            entry["layout_px"].append(layout_distance(components, motion, [(shape, color)], Recipe()))
+            for t, value in lora_response(components, motion, [(shape, color)], Recipe()).items():
+                entry["response"].setdefault(t, []).append(value)
+    return found
+
+
 def run_recipe(base: str | Path, motion: str, recipe: Recipe, sampling=None, subjects: int = 4) -> dict:
     """Train the recipe, then score new subjects and the reference subjects with the temporal LoRA
     alone (as MotionDirector samples), and the reference subjects with both paths."""

@@ -356,12 +356,12 @@ def write_clip(spec: ClipSpec, folder: str | Path, fps: float = FPS, frames: int
 REFERENCE_SUBJECTS = (("square", "blue"), ("circle", "yellow"), ("triangle", "red"))
 
 
-def write_reference_clips(root: str | Path, frames: int = FRAMES) -> list[Path]:
-    """The new motions' reference clips of `frames` frames: `<root>/<motion>/single/` (one subject,
-    centred) and `<root>/<motion>/multi/` (three subjects), each clip with its caption."""
+def write_reference_clips(root: str | Path, frames: int = FRAMES, subjects=REFERENCE_SUBJECTS) -> list[Path]:
+    """The new motions' reference clips of `frames` frames: `<root>/<motion>/single/` (the first of
+    `subjects`, centred) and `<root>/<motion>/multi/` (all of them), each clip with its caption."""
     written = []
     for motion in NEW_MOTIONS:
-        for index, (shape, color) in enumerate(REFERENCE_SUBJECTS):
+        for index, (shape, color) in enumerate(subjects):
             spec = centered_spec(shape, color, motion, frames=frames)
             folders = ["multi"] + (["single"] if index == 0 else [])
             written += [write_clip(spec, Path(root) / motion / folder, frames=frames) for folder in folders]
