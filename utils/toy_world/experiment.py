@@ -56,6 +56,8 @@ def setup_for(base: str | Path, reference_root: str | Path | None = None) -> Wor
 
     setup = DIT_SETUP if world.clip_frames(base_for_model(str(base)).name) == world.DIT_FRAMES else UNET_SETUP
     return replace(setup, reference_root=Path(reference_root).resolve()) if reference_root else setup
+
+
 CLOSE_ENOUGH = 4.0  # a trajectory within this many pixels (mean per frame) counts as the motion
 MODES = ("single", "multi")
 # Training variants: config overrides on top of the toy config. "coupled" is the paper's coupled
