@@ -359,8 +359,8 @@ def test_short_training_on_the_shipped_base_moves_its_reference_subject_in_a_cir
     subject, sampled with its own caption and the temporal LoRA alone (as MotionDirector samples),
     comes nearer the circle than without it. Not new subjects: on them 300 steps change nothing
     measurable (docs/toy_world.md)."""
-    from utils.toy_world.experiment import (Sampling, mean_distance, reference_subjects, sample_subjects,
-                                            sampling_model, train_motiondirector)
+    from utils.toy_world.experiment import (Sampling, reference_subjects, sample_subjects, sampling_model,
+                                            scored_distances, train_motiondirector)
 
     base = _shipped_or_skip(SHIPPED_V2)
     run, _ = train_motiondirector(base, "circling", seed=0, steps=300, out_dir=tmp_path)
@@ -369,7 +369,7 @@ def test_short_training_on_the_shipped_base_moves_its_reference_subject_in_a_cir
     distance = {}
     for name, lora_run in (("base", None), ("motiondirector", run)):
         clips, _ = sample_subjects(sampling_model(base, lora_run), "circling", reference_subjects("circling"), sampling)
-        distance[name] = mean_distance(clips, "circling")
+        distance[name] = float(scored_distances(clips, "circling")[1].mean())
     assert distance["motiondirector"] < distance["base"] - 4.0, distance
 
 

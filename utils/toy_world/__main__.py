@@ -173,7 +173,7 @@ def _vae_round_trip(args) -> None:
     for row in vae_round_trip(args.model, clips, args.seed):
         print(f"{row['motion']:>9}: trajectory distance {row['file_px']:5.2f} px as written, "
               f"{row['round_trip_px']:5.2f} px after the VAE, read as {row['read_after']}, half-width "
-              f"{row['size_px'][0]:.1f} -> {row['size_px'][1]:.1f} px  ({row['clip']})")
+              f"{' -> '.join('-' if s is None else f'{s:.1f}' for s in row['size_px'])} px  ({row['clip']})")
         print(f"{'':>9}  centre shift per frame (px): {' '.join('-' if s is None else str(s) for s in row['frame_px'])}")
 
 

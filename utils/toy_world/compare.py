@@ -109,11 +109,12 @@ def vae_round_trip(model_dir: str | Path, clips: list[tuple[Path, str | None]], 
         torch.manual_seed(seed)
         decoded = components.decode_video(components.encode_video(pixels))[0].numpy()
         written, after = read_clip(frames), read_clip(decoded)  # each clip read by the detector once
+        scores = [score_reading(reading, shape, color, motion) for reading in (written, after)]
         rows.append({"clip": str(clip), "motion": motion,
-                     "file_px": round(score_reading(written, shape, color, motion).trajectory_distance, 2),
-                     "round_trip_px": round(score_reading(after, shape, color, motion).trajectory_distance, 2),
+                     "file_px": round(scores[0].trajectory_distance, 2),
+                     "round_trip_px": round(scores[1].trajectory_distance, 2),
                      "read_after": f"{after.color} {after.shape}",
-                     "size_px": [round(float(np.nanmean(r.track[:, 2])), 2) for r in (written, after)],
+                     "size_px": [None if s.size is None else round(s.size, 2) for s in scores],
                      "frame_px": frame_shifts(written.track, after.track)})
     return rows
 

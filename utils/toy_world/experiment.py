@@ -188,12 +188,6 @@ def sample_subjects(model, motion: str, subjects, sampling: Sampling, noise_prio
     return clips, time.time() - started
 
 
-def mean_distance(clips, motion: str) -> float:
-    """Mean trajectory distance (pixels) of sampled ((shape, colour), seed, clip) to `motion`."""
-    return float(np.mean([score_clip(clip, shape, color, motion).trajectory_distance
-                          for (shape, color), _, clip in clips]))
-
-
 def scored_distances(clips, motion: str) -> tuple[list[ClipScore], np.ndarray, np.ndarray]:
     """Each clip's score, and its trajectory and path distances (pixels) to `motion`."""
     scores = [score_clip(clip, shape, color, motion) for (shape, color), _, clip in clips]
