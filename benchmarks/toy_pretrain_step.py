@@ -3,8 +3,9 @@
     for mode in fp32 bf16 compile classic_attention; do
         python benchmarks/toy_pretrain_step.py --mode $mode; done
 
-The step is `utils.toy_world.pretrain`'s: `unet_loss` on a batch of 16 clips (8 frames, 8x8
-latents) with real caption states, backward, gradient clipping and AdamW, on the shipped v2 UNet.
+The step is `utils.toy_world.pretrain`'s: `unet_loss` on a batch of `unet_batch` (16) clips (8
+frames, 8x8 latents) with real caption states, backward, gradient clipping and AdamW, on the
+shipped v2 UNet.
 Modes: `fp32` as pretraining runs; `bf16` under CPU autocast; `compile` through `torch.compile`
 (the first step, which compiles, is reported apart); `classic_attention`: diffusers'
 `AttnProcessor` (matmul + softmax) instead of scaled-dot-product attention. Run each mode in its
@@ -59,17 +60,19 @@ def step_parts(base: Path, mode: str) -> StepParts:
 
     from utils.toy_world import world
     from utils.toy_world.base_parts import caption_embeddings
+    from utils.toy_world.pretrain import PretrainSettings
 
     unet = UNet3DConditionModel.from_pretrained(base / "unet").train()
     if mode == "classic_attention":
         from diffusers.models.attention_processor import AttnProcessor
 
         unet.set_attn_processor(AttnProcessor())
+    batch = PretrainSettings().unet_batch
     gen = torch.Generator().manual_seed(0)
     captions = [world.caption(shape, color, "loop") for shape in world.SHAPES for color in world.COLORS]
     states = caption_embeddings(base, captions)
-    context = states[torch.randint(0, len(states), (16,), generator=gen)]
-    latents = torch.randn(16, unet.config.in_channels, world.FRAMES, unet.config.sample_size,
+    context = states[torch.randint(0, len(states), (batch,), generator=gen)]
+    latents = torch.randn(batch, unet.config.in_channels, world.FRAMES, unet.config.sample_size,
                           unet.config.sample_size, generator=gen)
     model = torch.compile(unet) if mode == "compile" else unet
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
