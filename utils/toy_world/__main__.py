@@ -240,13 +240,14 @@ def _response(args) -> None:
 
     import numpy as np
 
+    from utils.toy_world import world
     from utils.toy_world.experiment import new_subjects, reference_subjects, setup_for
     from utils.toy_world.transfer import subject_responses
 
     torch.set_num_threads(args.threads)
     references = reference_subjects(args.motion, "single", setup_for(args.model, args.reference_root))
     found = subject_responses(args.model, args.runs, args.motion, references + new_subjects(references, args.subjects))
-    reference = np.array(found[" ".join(references[0][::-1])]["response"][999])
+    reference = np.array(found[world.subject_name(*references[0])]["response"][999])
     print(f"{'subject':<16} {'response t=999':>15} {'/ reference':>12} {'layout px':>10} {'base layout px':>15}")
     for subject, entry in found.items():
         response = np.array(entry["response"][999])

@@ -197,7 +197,7 @@ def scored_distances(clips, motion: str) -> tuple[list[ClipScore], np.ndarray, n
 def per_clip(clips, distances: np.ndarray, paths: np.ndarray, prefix: str = "") -> dict:
     """Each clip's subject, trajectory distance and path distance (the size left out): what the
     means hide, e.g. one shape that never hits."""
-    return {f"{prefix}clip_subjects": [f"{color} {shape}" for (shape, color), _, _ in clips],
+    return {f"{prefix}clip_subjects": [world.subject_name(shape, color) for (shape, color), _, _ in clips],
             f"{prefix}distances": [round(float(d), 3) for d in distances],
             f"{prefix}path_distances": [round(float(d), 3) for d in paths]}
 

@@ -218,12 +218,13 @@ def subject_responses(base: str | Path, runs, motion: str, subjects) -> dict[str
     from utils.toy_world.experiment import sampling_model
 
     bare, _ = sampling_model(Path(base), None)
-    found = {f"{color} {shape}": {"base_layout_px": layout_distance(bare, motion, [(shape, color)], Recipe()),
-                                  "layout_px": [], "response": {}} for shape, color in subjects}
+    found = {world.subject_name(shape, color):
+             {"base_layout_px": layout_distance(bare, motion, [(shape, color)], Recipe()), "layout_px": [], "response": {}}
+             for shape, color in subjects}
     for run in runs:
         components, _ = sampling_model(Path(base), Path(run))
         for shape, color in subjects:
-            entry = found[f"{color} {shape}"]
+            entry = found[world.subject_name(shape, color)]
             entry["layout_px"].append(layout_distance(components, motion, [(shape, color)], Recipe()))
             for t, value in lora_response(components, motion, [(shape, color)], Recipe()).items():
                 entry["response"].setdefault(t, []).append(value)

@@ -136,8 +136,13 @@ def clip_frames(base_name: str) -> int:
     return DIT_FRAMES if base_name == "wan" else FRAMES
 
 
+def subject_name(shape: str, color: str) -> str:
+    """"green circle": how scores, tables and the response readings name a subject."""
+    return f"{color} {shape}"
+
+
 def caption(shape: str, color: str, motion: str) -> str:
-    return f"a {color} {shape} {MOTION_PHRASES[motion]}"
+    return f"a {subject_name(shape, color)} {MOTION_PHRASES[motion]}"
 
 
 # The targets that are family members, as members (their paths are their family's with these).
